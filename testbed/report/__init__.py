@@ -1,0 +1,1 @@
+"""Report: result.json, JUnit and HTML, built from a run's timeline and verdict alone."""
