@@ -1,0 +1,96 @@
+"""Where labs keep their state: `$TESTBED_STATE/labs/<id>/` (default /run/testbed).
+
+`lab.json` says what the lab is (topology, hosts, addresses, owner) and
+`ledger.jsonl` what it made. A lab whose owner died before it was marked up is
+an orphan that `testbed down --all` sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.hosts.ledger import Ledger, process_start_time, same_process
+
+ID_LEN = 4
+
+
+def state_root() -> Path:
+    return Path(os.environ.get("TESTBED_STATE", "/run/testbed"))
+
+
+def labs_dir() -> Path:
+    return state_root() / "labs"
+
+
+def new_lab_dir(lab_id: str | None = None) -> tuple[str, Path]:
+    """Claim a fresh lab id (mkdir is the atomic claim)."""
+    labs_dir().mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        lid = lab_id or secrets.token_hex(ID_LEN // 2)
+        d = labs_dir() / lid
+        try:
+            d.mkdir()
+            return lid, d
+        except FileExistsError:
+            if lab_id:
+                raise
+    raise RuntimeError("no free lab id")
+
+
+@dataclass
+class LabRecord:
+    """A lab as its state directory describes it."""
+
+    id: str
+    dir: Path
+    info: dict[str, Any]
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.dir / "ledger.jsonl")
+
+    @property
+    def status(self) -> str:
+        return str(self.info.get("status", "unknown"))
+
+    @property
+    def topology_name(self) -> str:
+        return str(self.info.get("topology_name", "?"))
+
+    def owner_alive(self) -> bool:
+        pid = self.info.get("owner_pid")
+        return bool(pid) and same_process(int(pid), self.info.get("owner_start"))
+
+    @property
+    def orphaned(self) -> bool:
+        """Not marked up, and whoever was making it is gone."""
+        return self.status != "up" and not self.owner_alive()
+
+    def save(self) -> None:
+        tmp = self.dir / "lab.json.tmp"
+        tmp.write_text(json.dumps(self.info, indent=2, sort_keys=True, default=str))
+        tmp.replace(self.dir / "lab.json")
+
+
+def read_lab(lab_dir: Path) -> LabRecord:
+    try:
+        info = json.loads((lab_dir / "lab.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        info = {"status": "unknown"}
+    return LabRecord(id=lab_dir.name, dir=lab_dir, info=info)
+
+
+def list_labs() -> list[LabRecord]:
+    if not labs_dir().exists():
+        return []
+    return [read_lab(d) for d in sorted(labs_dir().iterdir()) if d.is_dir()]
+
+
+def owner_fields() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"owner_pid": pid, "owner_start": process_start_time(pid)}

@@ -1,0 +1,81 @@
+"""Teardown: remove exactly what a lab's ledger holds, newest first. Idempotent.
+
+Works from the state directory alone, so it can clean up after a crashed
+`testbed up` or a killed run. Stray namespaces that carry a lab's name pattern
+but have no state directory are swept by `sweep_strays`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import libvirt
+from pyroute2 import netns
+
+from testbed.hosts.ledger import Entry
+from testbed.hosts.procs import stop_netns_processes, stop_recorded
+from testbed.lab.state import LabRecord
+from testbed.net.links import remove_netns
+
+log = logging.getLogger(__name__)
+
+NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
+
+
+def _destroy_domain(e: Entry) -> None:
+    try:
+        conn = libvirt.open(e["uri"])
+    except libvirt.libvirtError:
+        return  # the daemon is gone: its QEMU dies with the namespace sweep
+    try:
+        dom = conn.lookupByName(e["name"])
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+
+
+def teardown(lab: LabRecord) -> list[str]:
+    """Remove everything `lab` recorded; return a line per thing removed."""
+    done: list[str] = []
+    entries = list(lab.ledger.entries())
+    for e in reversed(entries):
+        if e.kind == "domain":
+            _destroy_domain(e)
+            done.append(f"domain {e['name']}")
+    for e in reversed(entries):
+        if e.kind in ("process", "xvfb"):
+            stop_recorded(int(e["pid"]), e.get("start_time"))
+            done.append(f"{e.kind} {e.get('name', e['pid'])}")
+    for e in reversed(entries):
+        if e.kind == "netns":
+            stop_netns_processes(e["name"])
+            remove_netns(e["name"])
+            done.append(f"netns {e['name']}")
+    for e in reversed(entries):
+        if e.kind in ("file", "dir"):
+            p = Path(e["path"])
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            done.append(f"{e.kind} {p}")
+    shutil.rmtree(lab.dir, ignore_errors=True)
+    return done
+
+
+def sweep_strays(known_ids: set[str]) -> list[str]:
+    """Remove lab-named namespaces that no lab state directory claims."""
+    done = []
+    for name in netns.listnetns():
+        if NETNS_RE.match(name) and name.split("-")[1] not in known_ids:
+            stop_netns_processes(name)
+            remove_netns(name)
+            done.append(f"netns {name}")
+    return done

@@ -1,0 +1,176 @@
+"""Topology: what the lab is. Hosts, the networks between them, shaped links, guests.
+
+A topology is YAML validated here; every error names the file, line, field,
+what was expected and what was found. Cross references (a network member that
+is not a host, a guest on a host that is not a hypervisor) are checked after
+the schema, with the same precision.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from testbed.errors import InputError
+from testbed.model.profile import LinkProfile
+from testbed.model.units import parse_size
+from testbed.model.yamlsrc import YamlDoc, load_yaml_file, validate
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+NAME_RULE = "a lowercase name of 1-10 letters/digits starting with a letter"
+DEFAULT_SUBNETS = "198.18.0.0/15"
+
+
+def _mib(value: Any) -> Any:
+    """Guest sizes: a bare number is MiB; a string carries its unit ("256MiB", "1GiB")."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 256MiB")
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str):
+        return int(parse_size(value) // (1024 * 1024))
+    raise ValueError("expected a size such as 256MiB")
+
+
+MiB = Annotated[int, BeforeValidator(_mib)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class HostSpec(Strict):
+    kind: Literal["local", "ssh"] = "local"
+    roles: list[Literal["hypervisor", "client"]] = Field(min_length=1)
+    libvirt_uri: str | None = None
+    emulator: str | None = Field(None, description="QEMU binary, e.g. a build with a patched spice-server")
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+
+
+class NetworkSpec(Strict):
+    subnet: ipaddress.IPv4Network
+    members: list[str] = Field(min_length=2)
+    addresses: dict[str, ipaddress.IPv4Address] = Field(default_factory=dict)
+    profile: LinkProfile | None = Field(None, description="applies to every direction")
+
+
+class LinkSpec(Strict):
+    """A shaped direction between two members of one network."""
+
+    network: str
+    src: str = Field(alias="from")
+    dst: str = Field(alias="to")
+    both_ways: bool = False
+    profile: LinkProfile
+
+
+class GuestSpec(Strict):
+    host: str
+    memory: MiB = 256
+    vcpus: int = Field(1, ge=1, le=8)
+    image: str = "default"
+    fill: MiB = 64
+    dirty_rate: float = Field(0.0, ge=0, description="MiB/s the guest rewrites")
+    display: Literal["spice"] = "spice"
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_floor(cls, v: int) -> int:
+        if v < 64:
+            raise ValueError("guest memory must be at least 64 MiB")
+        return v
+
+
+class Topology(Strict):
+    name: str
+    hosts: dict[str, HostSpec] = Field(min_length=1)
+    networks: dict[str, NetworkSpec] = Field(default_factory=dict)
+    links: list[LinkSpec] = Field(default_factory=list)
+    guests: dict[str, GuestSpec] = Field(default_factory=dict)
+    source: str | None = Field(None, exclude=True)
+
+    def hypervisors(self) -> list[str]:
+        return [n for n, h in self.hosts.items() if "hypervisor" in h.roles]
+
+    def clients(self) -> list[str]:
+        return [n for n, h in self.hosts.items() if "client" in h.roles]
+
+    def address(self, network: str, host: str) -> ipaddress.IPv4Address:
+        """The host's address on `network`: explicit, else .1, .2, ... in member order."""
+        net = self.networks[network]
+        if host in net.addresses:
+            return net.addresses[host]
+        taken = set(net.addresses.values())
+        candidates = (a for a in net.subnet.hosts() if a not in taken)
+        for member in net.members:
+            if member in net.addresses:
+                continue
+            addr = next(candidates)
+            if member == host:
+                return addr
+        raise KeyError(f"{host} is not on {network}")
+
+
+def _check_references(topo: Topology, doc: YamlDoc) -> None:
+    def fail(msg: str, path: tuple[str | int, ...]) -> None:
+        dotted = ".".join(str(p) for p in path)
+        raise InputError(msg, file=doc.file, line=doc.line_of(path), field=dotted)
+
+    for name in topo.hosts:
+        if not NAME_RE.match(name):
+            fail(f"host name must be {NAME_RULE} (found {name!r})", ("hosts", name))
+    if not topo.hypervisors():
+        fail("needs at least one host with role 'hypervisor'", ("hosts",))
+    for nname, net in topo.networks.items():
+        if not NAME_RE.match(nname):
+            fail(f"network name must be {NAME_RULE} (found {nname!r})", ("networks", nname))
+        if net.subnet.prefixlen > 29:
+            fail(f"subnet {net.subnet} is too small", ("networks", nname, "subnet"))
+        for i, m in enumerate(net.members):
+            if m not in topo.hosts:
+                fail(f"member {m!r} is not a host (hosts: {', '.join(topo.hosts)})",
+                     ("networks", nname, "members", i))
+        if len(set(net.members)) != len(net.members):
+            fail("a host is listed twice", ("networks", nname, "members"))
+        for host, addr in net.addresses.items():
+            if host not in net.members:
+                fail(f"{host!r} is not a member of this network", ("networks", nname, "addresses", host))
+            if addr not in net.subnet or addr in (net.subnet.network_address,
+                                                   net.subnet.broadcast_address):
+                fail(f"{addr} is not a host address of {net.subnet}",
+                     ("networks", nname, "addresses", host))
+        if len(set(net.addresses.values())) != len(net.addresses):
+            fail("two hosts share an address", ("networks", nname, "addresses"))
+    for i, link in enumerate(topo.links):
+        if link.network not in topo.networks:
+            fail(f"no network {link.network!r} (networks: {', '.join(topo.networks)})",
+                 ("links", i, "network"))
+        members = topo.networks[link.network].members
+        for key, host in (("from", link.src), ("to", link.dst)):
+            if host not in members:
+                fail(f"{host!r} is not a member of network {link.network!r}", ("links", i, key))
+        if link.src == link.dst:
+            fail("a link joins two different hosts", ("links", i))
+    for gname, guest in topo.guests.items():
+        if not NAME_RE.match(gname):
+            fail(f"guest name must be {NAME_RULE} (found {gname!r})", ("guests", gname))
+        if guest.host not in topo.hypervisors():
+            fail(f"{guest.host!r} is not a hypervisor (hypervisors: {', '.join(topo.hypervisors())})",
+                 ("guests", gname, "host"))
+        if guest.fill >= guest.memory - 32:
+            fail(f"fill {guest.fill} MiB leaves too little of {guest.memory} MiB for the guest",
+                 ("guests", gname, "fill"))
+
+
+def load_topology(path: str | Path) -> Topology:
+    doc = load_yaml_file(path)
+    if not isinstance(doc.data, dict):
+        raise InputError("a topology is a mapping with name, hosts, networks", file=doc.file, line=1)
+    topo = validate(Topology, doc)
+    _check_references(topo, doc)
+    topo.source = str(path)
+    return topo

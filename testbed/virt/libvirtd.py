@@ -1,0 +1,171 @@
+"""A private libvirtd per hypervisor host, so two hosts share one machine.
+
+Each daemon runs in its host's network namespace and in a private mount
+namespace where the host's own directories are bind-mounted over libvirt's
+state, cache, log and config paths. Each has its own host_uuid (libvirt
+refuses to migrate "to the same host" otherwise). It listens only on its UNIX
+socket, reachable by root; there is no TCP listener. Facts: LAB-NOTES.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from testbed.errors import CapabilityMissing, LabError
+from testbed.hosts.ledger import Ledger
+from testbed.hosts.local import LocalHost
+from testbed.hosts.procs import alive
+
+log = logging.getLogger(__name__)
+
+# libvirt paths each host gets a private copy of (inside its mount namespace)
+PRIVATE_DIRS = {
+    "run": "/run/libvirt",
+    "lib": "/var/lib/libvirt",
+    "cache": "/var/cache/libvirt",
+    "log": "/var/log/libvirt",
+    "etc-qemu": "/etc/libvirt/qemu",
+}
+
+
+def _silence_libvirt_stderr() -> None:
+    """libvirt prints every error to stderr by default; we report errors ourselves."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+_silence_libvirt_stderr()
+
+
+@dataclass
+class LibvirtdConfig:
+    display_address: str | None
+    migration_address: str | None
+    host_uuid: str
+
+
+def qemu_conf(cfg: LibvirtdConfig) -> str:
+    lines = [
+        'user = "root"',
+        'group = "root"',
+        'security_driver = "none"',
+        "dynamic_ownership = 0",
+        'stdio_handler = "file"',
+        "namespaces = [ ]",
+        "spice_tls = 0",
+        "remote_display_port_min = 5900",
+        "remote_display_port_max = 5999",
+    ]
+    if cfg.display_address:
+        lines.append(f'spice_listen = "{cfg.display_address}"')
+        lines.append(f'vnc_listen = "{cfg.display_address}"')
+    if cfg.migration_address:
+        lines.append(f'migration_address = "{cfg.migration_address}"')
+        lines.append(f'migration_host = "{cfg.migration_address}"')
+    return "\n".join(lines) + "\n"
+
+
+def libvirtd_conf(cfg: LibvirtdConfig) -> str:
+    return "\n".join([
+        f'host_uuid = "{cfg.host_uuid}"',
+        "listen_tls = 0",
+        "listen_tcp = 0",
+        'unix_sock_group = "root"',
+        'unix_sock_rw_perms = "0700"',
+        'unix_sock_ro_perms = "0700"',
+        'auth_unix_rw = "none"',
+        'auth_unix_ro = "none"',
+        "log_level = 3",
+        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+        "admin_max_clients = 1",
+        "",
+    ])
+
+
+class Libvirtd:
+    """One host's daemon. Its socket is `<host state>/run/libvirt-sock`."""
+
+    def __init__(self, host: LocalHost) -> None:
+        self.host = host
+        self.dir = host.state_dir
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "run" / "libvirt-sock"
+
+    @property
+    def uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "log" / "libvirtd.log"
+
+    def qemu_log(self, domain: str) -> Path:
+        return self.dir / "log" / "qemu" / f"{domain}.log"
+
+    def start(self, cfg: LibvirtdConfig, ledger: Ledger, timeout_s: float = 30) -> int:
+        """Write the configuration, start the daemon, wait for its socket; return its pid."""
+        if not Path("/usr/sbin/libvirtd").exists():
+            raise CapabilityMissing("libvirtd is not installed",
+                                    hint="make setup (installs libvirt-daemon-system)")
+        for sub in PRIVATE_DIRS:
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "log" / "qemu").mkdir(exist_ok=True)
+        (self.dir / "qemu.conf").write_text(qemu_conf(cfg))
+        (self.dir / "libvirtd.conf").write_text(libvirtd_conf(cfg))
+        targets = " ".join(PRIVATE_DIRS.values())
+        binds = [f"mkdir -p {targets}"]
+        binds += [f"mount --bind {shlex.quote(str(self.dir / s))} {t}" for s, t in PRIVATE_DIRS.items()]
+        binds.append(f"mount --bind {shlex.quote(str(self.dir / 'qemu.conf'))} /etc/libvirt/qemu.conf")
+        script = " && ".join([*binds, "exec libvirtd -f {} -p {}".format(
+            shlex.quote(str(self.dir / "libvirtd.conf")), shlex.quote(str(self.dir / "libvirtd.pid")))])
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+        out = open(self.dir / "libvirtd.stdout", "ab")  # noqa: SIM115 - handed to the child
+        proc = self.host.popen(argv, stdout=out, stderr=out)
+        out.close()
+        ledger.record_process("process", proc.pid, name=f"libvirtd@{self.host.name}",
+                              netns=self.host.netns)
+        self._wait_ready(proc.pid, timeout_s)
+        return proc.pid
+
+    def _wait_ready(self, pid: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if not alive(pid):
+                tail = self._tail()
+                raise LabError(f"libvirtd on {self.host.name} exited at start: {tail}")
+            if self.socket.exists():
+                try:
+                    conn = libvirt.open(self.uri)
+                    conn.close()
+                    return
+                except libvirt.libvirtError as e:
+                    last = str(e)
+            time.sleep(0.1)
+        raise LabError(f"libvirtd on {self.host.name} did not answer in {timeout_s} s: {last}")
+
+    def _tail(self) -> str:
+        for f in (self.dir / "libvirtd.stdout", self.log_file):
+            if f.exists():
+                lines = f.read_text(errors="replace").strip().splitlines()
+                if lines:
+                    return " | ".join(lines[-3:])
+        return "no log"
+
+    def connect(self) -> libvirt.virConnect:
+        try:
+            return libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise LabError(f"cannot connect to libvirtd on {self.host.name}: {e}") from None
+
+
+def new_host_uuid() -> str:
+    return str(uuid.uuid4())
