@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from testbed.errors import InputError
 from testbed.model.profile import LinkProfile
-from testbed.model.units import parse_size
+from testbed.model.units import parse_size_bytes
 from testbed.model.yamlsrc import YamlDoc, load_yaml_file, validate
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -32,7 +32,7 @@ def _mib(value: Any) -> Any:
     if isinstance(value, (int, float)):
         return int(value)
     if isinstance(value, str):
-        return int(parse_size(value) // (1024 * 1024))
+        return int(parse_size_bytes(value) // (1024 * 1024))
     raise ValueError("expected a size such as 256MiB")
 
 
