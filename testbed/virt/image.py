@@ -304,7 +304,7 @@ def _is_static_elf(data: bytes) -> bool:
     """True for a 64-bit little-endian ELF without a PT_INTERP program header."""
     if data[:5] != b"\x7fELF\x02" or data[5] != 1:
         return False
-    phoff, = struct.unpack_from("<Q", data, 0x20)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     for i in range(phnum):
         (ptype,) = struct.unpack_from("<I", data, phoff + i * phentsize)
