@@ -22,6 +22,7 @@ from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.ledger import Ledger
 from testbed.hosts.local import LocalHost
 from testbed.hosts.procs import alive
+from testbed.virt.events import ensure_event_loop
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ class Libvirtd:
         return "no log"
 
     def connect(self) -> libvirt.virConnect:
+        ensure_event_loop()
         try:
             return libvirt.open(self.uri)
         except libvirt.libvirtError as e:

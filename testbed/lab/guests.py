@@ -1,0 +1,121 @@
+"""Guests of a lab: start one on its hypervisor, migrate it, find where it runs.
+
+Where a guest runs is recorded in lab.json, so a later `testbed` process (or
+the teardown) knows which libvirtd holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import InputError, LabError
+from testbed.lab.lab import Lab
+from testbed.virt.accel import probe_accel
+from testbed.virt.domain import READY_MARKER, DomainSpec, start_domain, wait_for_serial
+from testbed.virt.image import build_guest_image, guest_cmdline
+from testbed.virt.migration import Migration, MigrationOptions
+
+log = logging.getLogger(__name__)
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class RunningGuest:
+    name: str
+    domain: str
+    host: str
+    serial: Path
+    accel: str
+    boot_s: float | None
+
+
+def _emulator(lab: Lab, host: str) -> str:
+    emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
+    if not shutil.which(emu):
+        raise InputError(f"QEMU emulator {emu!r} not found", file=lab.topology.source,
+                         field=f"hosts.{host}.emulator")
+    return emu
+
+
+def accel_for(lab: Lab, host: str) -> tuple[str, str]:
+    """The accel a host's guests use and why: forced by the topology, or probed once."""
+    spec = lab.topology.hosts[host]
+    if spec.accel != "auto":
+        return spec.accel, "set in the topology"
+    image, _ = build_guest_image()
+    a = probe_accel(image, emulator=_emulator(lab, host))
+    return a.kind, a.reason
+
+
+def serial_path(lab: Lab, host: str, domain: str) -> Path:
+    return lab.hosts[host].state_dir / "log" / "qemu" / f"{domain}-serial.log"
+
+
+def start_guest(lab: Lab, name: str, *, dirty_rate: float | None = None,
+                fill_mib: int | None = None, boot_timeout_s: float = 90) -> RunningGuest:
+    """Start guest `name` on its hypervisor and wait for its boot marker."""
+    if name not in lab.topology.guests:
+        raise InputError(f"no guest {name!r} in the topology (guests: "
+                         f"{', '.join(lab.topology.guests) or 'none'})")
+    g = lab.topology.guests[name]
+    host = g.host
+    accel, _why = accel_for(lab, host)
+    domain = lab.domain_name(name)
+    fill = g.fill if fill_mib is None else fill_mib
+    dirty = g.dirty_rate if dirty_rate is None else dirty_rate
+    if g.image == "default":
+        image, _ = build_guest_image()
+        spec = DomainSpec(name=domain, memory_mib=g.memory, vcpus=g.vcpus, accel=accel,
+                          emulator=_emulator(lab, host), kernel=image.kernel,
+                          initrd=image.initrd, cmdline=guest_cmdline(fill, dirty))
+    else:
+        disk = Path(g.image)
+        if not disk.exists():
+            raise InputError(f"guest image {disk} does not exist", file=lab.topology.source,
+                             field=f"guests.{name}.image")
+        spec = DomainSpec(name=domain, memory_mib=g.memory, vcpus=g.vcpus, accel=accel,
+                          emulator=_emulator(lab, host), disk=disk)
+    for hv in lab.topology.hypervisors():  # wherever it migrates, teardown finds it
+        lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
+    serial = serial_path(lab, host, domain)
+    serial.unlink(missing_ok=True)
+    start_domain(lab.conn(host), spec)
+    _set_location(lab, name, host)
+    boot = None
+    if g.image == "default":
+        boot = wait_for_serial(serial, READY_MARKER, boot_timeout_s)
+    return RunningGuest(name, domain, host, serial, accel, boot)
+
+
+def _set_location(lab: Lab, guest: str, host: str) -> None:
+    lab.record.info.setdefault("guests", {})[guest] = {"host": host}
+    lab.record.save()
+
+
+def location(lab: Lab, guest: str) -> str:
+    try:
+        return str(lab.record.info["guests"][guest]["host"])
+    except KeyError:
+        raise LabError(f"guest {guest} is not running in lab {lab.id}") from None
+
+
+def migration_for(lab: Lab, guest: str, to: str, *, network: str = "migration",
+                  display_network: str = "display", **options: object) -> Migration:
+    """A Migration of `guest` to hypervisor `to` over `network`, not yet started."""
+    src = location(lab, guest)
+    if to not in lab.topology.hypervisors() or to == src:
+        raise InputError(f"cannot migrate {guest} from {src} to {to!r}")
+    net = network if network in lab.topology.networks else display_network
+    opts = MigrationOptions(migrate_uri=f"tcp://{lab.address(to, net)}", **options)  # type: ignore[arg-type]
+    if opts.graphics_uri is None and display_network in lab.topology.networks:
+        opts.graphics_uri = f"spice://{lab.address(to, display_network)}"
+    return Migration(lab.conn(src), lab.conn(to), lab.domain_name(guest), opts)
+
+
+def finish_migration(lab: Lab, guest: str, migration: Migration, to: str) -> None:
+    """Record the guest's new home once the migration completed."""
+    if migration.record.result == "completed":
+        _set_location(lab, guest, to)
