@@ -12,12 +12,14 @@ and reads its serial console; the probe and the image's tests use it.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -262,14 +264,33 @@ def _clean(raw: bytes) -> str:
     return re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])", "", text)
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the thread that started it dies.
+
+    Covers what `finally` cannot: the test runner itself being SIGKILLed.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @contextmanager
 def boot_direct(argv: Sequence[str]) -> Iterator[SerialConsole]:
-    """Run QEMU for the duration of the block; it is killed on leaving, whatever happened."""
+    """Run QEMU for the duration of the block; it is killed on leaving, whatever happened.
+
+    Use it from the thread that stays in the block: QEMU also dies with that thread.
+    """
     if shutil.which(argv[0]) is None:
         raise CapabilityMissing(f"{argv[0]} not found", hint=QEMU_HINT)
     log.debug("starting %s", " ".join(argv))
     proc = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_die_with_parent,
     )
     console = None
     try:
