@@ -32,16 +32,23 @@ class Host(ABC):
     ) -> subprocess.CompletedProcess[str]:
         full = self.argv(argv)
         try:
-            res = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                                 input=input, env=dict(env) if env is not None else None)
+            res = subprocess.run(
+                full,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                input=input,
+                env=dict(env) if env is not None else None,
+            )
         except FileNotFoundError as e:
             raise LabError(f"{self.name}: cannot run {argv[0]}: {e.strerror}") from None
         except subprocess.TimeoutExpired:
             raise LabError(f"{self.name}: {' '.join(argv)} did not finish in {timeout} s") from None
         if check and res.returncode != 0:
             detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-            raise LabError(f"{self.name}: {' '.join(argv)} failed ({res.returncode}): "
-                           + " | ".join(detail))
+            raise LabError(
+                f"{self.name}: {' '.join(argv)} failed ({res.returncode}): " + " | ".join(detail)
+            )
         return res
 
     def popen(
@@ -54,9 +61,15 @@ class Host(ABC):
         pass_fds: Sequence[int] = (),
     ) -> subprocess.Popen[bytes]:
         """Start a long-lived process in its own session (it outlives the CLI that started it)."""
-        return subprocess.Popen(self.argv(argv), stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=stderr, env=dict(env) if env is not None else None,
-                                start_new_session=True, pass_fds=tuple(pass_fds))
+        return subprocess.Popen(
+            self.argv(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
 
     @abstractmethod
     def put(self, local: Path, remote: Path) -> None:

@@ -50,9 +50,25 @@ def start_xvfb(host: Host, state_dir: Path, ledger: Ledger, timeout_s: float = 1
     log = open(state_dir / "xvfb.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = host.popen(
-            ["Xvfb", "-displayfd", str(wfd), "-screen", "0", SCREEN, "-nolisten", "tcp",
-             "-nolisten", "unix", "-auth", str(xauth), "-noreset"],
-            stdout=log, stderr=log, pass_fds=[wfd])
+            [
+                "Xvfb",
+                "-displayfd",
+                str(wfd),
+                "-screen",
+                "0",
+                SCREEN,
+                "-nolisten",
+                "tcp",
+                "-nolisten",
+                "unix",
+                "-auth",
+                str(xauth),
+                "-noreset",
+            ],
+            stdout=log,
+            stderr=log,
+            pass_fds=[wfd],
+        )
     finally:
         os.close(wfd)
         log.close()
@@ -63,8 +79,9 @@ def start_xvfb(host: Host, state_dir: Path, ledger: Ledger, timeout_s: float = 1
         os.close(rfd)
     if not raw.strip():
         proc.kill()
-        raise LabError(f"Xvfb on {host.name} did not start in {timeout_s} s "
-                       f"(see {state_dir / 'xvfb.log'})")
+        raise LabError(
+            f"Xvfb on {host.name} did not start in {timeout_s} s (see {state_dir / 'xvfb.log'})"
+        )
     number = int(raw.strip())
     _xauth_add(xauth, number, cookie)
     _wait_x(host, number, xauth, timeout_s)
@@ -88,8 +105,11 @@ def _read_line(fd: int, timeout_s: float) -> bytes:
 
 
 def _xauth_add(xauth: Path, number: int, cookie: str) -> None:
-    subprocess.run(["xauth", "-f", str(xauth), "add", f":{number}", ".", cookie], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["xauth", "-f", str(xauth), "add", f":{number}", ".", cookie],
+        check=True,
+        capture_output=True,
+    )
 
 
 def _wait_x(host: Host, number: int, xauth: Path, timeout_s: float) -> None:
@@ -100,5 +120,7 @@ def _wait_x(host: Host, number: int, xauth: Path, timeout_s: float) -> None:
         if res.returncode == 0:
             return
         time.sleep(0.1)
-    raise LabError(f"X display :{number} on {host.name} does not accept clients: "
-                   f"{(res.stderr or res.stdout).strip()[-200:]}")
+    raise LabError(
+        f"X display :{number} on {host.name} does not accept clients: "
+        f"{(res.stderr or res.stdout).strip()[-200:]}"
+    )

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
-from testbed.virt.accel import probe_accel
-from testbed.virt.domain import READY_MARKER, DomainSpec, start_domain, wait_for_serial
+from testbed.virt.accel import READY_MARKER, probe_accel
+from testbed.virt.domain import DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
 from testbed.virt.migration import Migration, MigrationOptions
 
@@ -35,8 +35,11 @@ class RunningGuest:
 def _emulator(lab: Lab, host: str) -> str:
     emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
     if not shutil.which(emu):
-        raise InputError(f"QEMU emulator {emu!r} not found", file=lab.topology.source,
-                         field=f"hosts.{host}.emulator")
+        raise InputError(
+            f"QEMU emulator {emu!r} not found",
+            file=lab.topology.source,
+            field=f"hosts.{host}.emulator",
+        )
     return emu
 
 
@@ -54,12 +57,20 @@ def serial_path(lab: Lab, host: str, domain: str) -> Path:
     return lab.hosts[host].state_dir / "log" / "qemu" / f"{domain}-serial.log"
 
 
-def start_guest(lab: Lab, name: str, *, dirty_rate: float | None = None,
-                fill_mib: int | None = None, boot_timeout_s: float = 90) -> RunningGuest:
+def start_guest(
+    lab: Lab,
+    name: str,
+    *,
+    dirty_rate: float | None = None,
+    fill_mib: int | None = None,
+    boot_timeout_s: float = 90,
+) -> RunningGuest:
     """Start guest `name` on its hypervisor and wait for its boot marker."""
     if name not in lab.topology.guests:
-        raise InputError(f"no guest {name!r} in the topology (guests: "
-                         f"{', '.join(lab.topology.guests) or 'none'})")
+        raise InputError(
+            f"no guest {name!r} in the topology (guests: "
+            f"{', '.join(lab.topology.guests) or 'none'})"
+        )
     g = lab.topology.guests[name]
     host = g.host
     accel, _why = accel_for(lab, host)
@@ -68,16 +79,32 @@ def start_guest(lab: Lab, name: str, *, dirty_rate: float | None = None,
     dirty = g.dirty_rate if dirty_rate is None else dirty_rate
     if g.image == "default":
         image, _ = build_guest_image()
-        spec = DomainSpec(name=domain, memory_mib=g.memory, vcpus=g.vcpus, accel=accel,
-                          emulator=_emulator(lab, host), kernel=image.kernel,
-                          initrd=image.initrd, cmdline=guest_cmdline(fill, dirty))
+        spec = DomainSpec(
+            name=domain,
+            memory_mib=g.memory,
+            vcpus=g.vcpus,
+            accel=accel,
+            emulator=_emulator(lab, host),
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=guest_cmdline(fill, dirty),
+        )
     else:
         disk = Path(g.image)
         if not disk.exists():
-            raise InputError(f"guest image {disk} does not exist", file=lab.topology.source,
-                             field=f"guests.{name}.image")
-        spec = DomainSpec(name=domain, memory_mib=g.memory, vcpus=g.vcpus, accel=accel,
-                          emulator=_emulator(lab, host), disk=disk)
+            raise InputError(
+                f"guest image {disk} does not exist",
+                file=lab.topology.source,
+                field=f"guests.{name}.image",
+            )
+        spec = DomainSpec(
+            name=domain,
+            memory_mib=g.memory,
+            vcpus=g.vcpus,
+            accel=accel,
+            emulator=_emulator(lab, host),
+            disk=disk,
+        )
     for hv in lab.topology.hypervisors():  # wherever it migrates, teardown finds it
         lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
     serial = serial_path(lab, host, domain)
@@ -102,8 +129,15 @@ def location(lab: Lab, guest: str) -> str:
         raise LabError(f"guest {guest} is not running in lab {lab.id}") from None
 
 
-def migration_for(lab: Lab, guest: str, to: str, *, network: str = "migration",
-                  display_network: str = "display", **options: object) -> Migration:
+def migration_for(
+    lab: Lab,
+    guest: str,
+    to: str,
+    *,
+    network: str = "migration",
+    display_network: str = "display",
+    **options: object,
+) -> Migration:
     """A Migration of `guest` to hypervisor `to` over `network`, not yet started."""
     src = location(lab, guest)
     if to not in lab.topology.hypervisors() or to == src:

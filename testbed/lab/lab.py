@@ -70,10 +70,16 @@ class Lab:
             for host in net.members:
                 hi = list(self.topology.hosts).index(host)
                 addr = self.topology.address(nname, host)
-                out.append(Attachment(
-                    host=host, network=nname, netns=self.netns_of(host), ifname=nname[:15],
-                    address=ipaddress.IPv4Interface(f"{addr}/{net.subnet.prefixlen}"),
-                    outer_ifname=f"tb{self.id}h{hi}n{ni}"))
+                out.append(
+                    Attachment(
+                        host=host,
+                        network=nname,
+                        netns=self.netns_of(host),
+                        ifname=nname[:15],
+                        address=ipaddress.IPv4Interface(f"{addr}/{net.subnet.prefixlen}"),
+                        outer_ifname=f"tb{self.id}h{hi}n{ni}",
+                    )
+                )
         return out
 
     def address(self, host: str, network: str) -> str:
@@ -104,13 +110,23 @@ class Lab:
 
     # lifecycle -------------------------------------------------------------
     @classmethod
-    def up(cls, topology: Topology, *, progress: Progress = _quiet,
-           lab_id: str | None = None) -> Lab:
+    def up(
+        cls, topology: Topology, *, progress: Progress = _quiet, lab_id: str | None = None
+    ) -> Lab:
         lid, d = new_lab_dir(lab_id)
-        record = LabRecord(lid, d, {
-            "id": lid, "status": "starting", "topology": topology.source,
-            "topology_name": topology.name, "created": time.time(), "hosts": {},
-            **owner_fields()})
+        record = LabRecord(
+            lid,
+            d,
+            {
+                "id": lid,
+                "status": "starting",
+                "topology": topology.source,
+                "topology_name": topology.name,
+                "created": time.time(),
+                "hosts": {},
+                **owner_fields(),
+            },
+        )
         record.save()
         lab = cls(record, topology)
         try:
@@ -135,8 +151,14 @@ class Lab:
         for nname in self.topology.networks:
             add_bridge(self.bridge_netns, self._bridge(nname))
         for a in self.attachments():
-            attach(self.bridge_netns, self._bridge(a.network), a.netns, a.outer_ifname,
-                   a.ifname, a.address)
+            attach(
+                self.bridge_netns,
+                self._bridge(a.network),
+                a.netns,
+                a.outer_ifname,
+                a.ifname,
+                a.address,
+            )
         self.record.save()
         for name in self.topology.hypervisors():
             progress(f"libvirtd on {name}")
@@ -144,17 +166,19 @@ class Lab:
             host.state_dir.mkdir(parents=True, exist_ok=True)
             cfg = LibvirtdConfig(
                 display_address=self.address_on_any(name, "display", *self.topology.networks),
-                migration_address=self.address_on_any(name, "migration",
-                                                       *self.topology.networks),
-                host_uuid=new_host_uuid())
+                migration_address=self.address_on_any(name, "migration", *self.topology.networks),
+                host_uuid=new_host_uuid(),
+            )
             pid = Libvirtd(host).start(cfg, self.ledger)
-            self.record.info["hosts"][name].update(
-                libvirt_uri=Libvirtd(host).uri, libvirtd_pid=pid)
+            self.record.info["hosts"][name].update(libvirt_uri=Libvirtd(host).uri, libvirtd_pid=pid)
         for name in self.topology.clients():
             progress(f"X display on {name}")
             x = start_xvfb(self.hosts[name], self.hosts[name].state_dir, self.ledger)
             self.record.info["hosts"][name]["display"] = {
-                "number": x.number, "xauthority": str(x.xauthority), "pid": x.pid}
+                "number": x.number,
+                "xauthority": str(x.xauthority),
+                "pid": x.pid,
+            }
         self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
         self.record.save()
 

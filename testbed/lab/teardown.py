@@ -12,33 +12,16 @@ import re
 import shutil
 from pathlib import Path
 
-import libvirt
 from pyroute2 import netns
 
-from testbed.hosts.ledger import Entry
 from testbed.hosts.procs import stop_netns_processes, stop_recorded
 from testbed.lab.state import LabRecord
 from testbed.net.links import remove_netns
+from testbed.virt.domain import destroy_by_name
 
 log = logging.getLogger(__name__)
 
 NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
-
-
-def _destroy_domain(e: Entry) -> None:
-    try:
-        conn = libvirt.open(e["uri"])
-    except libvirt.libvirtError:
-        return  # the daemon is gone: its QEMU dies with the namespace sweep
-    try:
-        dom = conn.lookupByName(e["name"])
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
-    except libvirt.libvirtError:
-        pass
-    finally:
-        conn.close()
 
 
 def teardown(lab: LabRecord) -> list[str]:
@@ -47,7 +30,7 @@ def teardown(lab: LabRecord) -> list[str]:
     entries = list(lab.ledger.entries())
     for e in reversed(entries):
         if e.kind == "domain":
-            _destroy_domain(e)
+            destroy_by_name(e["uri"], e["name"])  # a dead daemon's QEMU dies with its netns
             done.append(f"domain {e['name']}")
     for e in reversed(entries):
         if e.kind in ("process", "xvfb"):

@@ -47,7 +47,9 @@ class HostSpec(Strict):
     kind: Literal["local", "ssh"] = "local"
     roles: list[Literal["hypervisor", "client"]] = Field(min_length=1)
     libvirt_uri: str | None = None
-    emulator: str | None = Field(None, description="QEMU binary, e.g. a build with a patched spice-server")
+    emulator: str | None = Field(
+        None, description="QEMU binary, e.g. a build with a patched spice-server"
+    )
     accel: Literal["auto", "kvm", "tcg"] = "auto"
 
 
@@ -132,23 +134,34 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
             fail(f"subnet {net.subnet} is too small", ("networks", nname, "subnet"))
         for i, m in enumerate(net.members):
             if m not in topo.hosts:
-                fail(f"member {m!r} is not a host (hosts: {', '.join(topo.hosts)})",
-                     ("networks", nname, "members", i))
+                fail(
+                    f"member {m!r} is not a host (hosts: {', '.join(topo.hosts)})",
+                    ("networks", nname, "members", i),
+                )
         if len(set(net.members)) != len(net.members):
             fail("a host is listed twice", ("networks", nname, "members"))
         for host, addr in net.addresses.items():
             if host not in net.members:
-                fail(f"{host!r} is not a member of this network", ("networks", nname, "addresses", host))
-            if addr not in net.subnet or addr in (net.subnet.network_address,
-                                                   net.subnet.broadcast_address):
-                fail(f"{addr} is not a host address of {net.subnet}",
-                     ("networks", nname, "addresses", host))
+                fail(
+                    f"{host!r} is not a member of this network",
+                    ("networks", nname, "addresses", host),
+                )
+            if addr not in net.subnet or addr in (
+                net.subnet.network_address,
+                net.subnet.broadcast_address,
+            ):
+                fail(
+                    f"{addr} is not a host address of {net.subnet}",
+                    ("networks", nname, "addresses", host),
+                )
         if len(set(net.addresses.values())) != len(net.addresses):
             fail("two hosts share an address", ("networks", nname, "addresses"))
     for i, link in enumerate(topo.links):
         if link.network not in topo.networks:
-            fail(f"no network {link.network!r} (networks: {', '.join(topo.networks)})",
-                 ("links", i, "network"))
+            fail(
+                f"no network {link.network!r} (networks: {', '.join(topo.networks)})",
+                ("links", i, "network"),
+            )
         members = topo.networks[link.network].members
         for key, host in (("from", link.src), ("to", link.dst)):
             if host not in members:
@@ -159,17 +172,24 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
         if not NAME_RE.match(gname):
             fail(f"guest name must be {NAME_RULE} (found {gname!r})", ("guests", gname))
         if guest.host not in topo.hypervisors():
-            fail(f"{guest.host!r} is not a hypervisor (hypervisors: {', '.join(topo.hypervisors())})",
-                 ("guests", gname, "host"))
+            fail(
+                f"{guest.host!r} is not a hypervisor "
+                f"(hypervisors: {', '.join(topo.hypervisors())})",
+                ("guests", gname, "host"),
+            )
         if guest.fill >= guest.memory - 32:
-            fail(f"fill {guest.fill} MiB leaves too little of {guest.memory} MiB for the guest",
-                 ("guests", gname, "fill"))
+            fail(
+                f"fill {guest.fill} MiB leaves too little of {guest.memory} MiB for the guest",
+                ("guests", gname, "fill"),
+            )
 
 
 def load_topology(path: str | Path) -> Topology:
     doc = load_yaml_file(path)
     if not isinstance(doc.data, dict):
-        raise InputError("a topology is a mapping with name, hosts, networks", file=doc.file, line=1)
+        raise InputError(
+            "a topology is a mapping with name, hosts, networks", file=doc.file, line=1
+        )
     topo = validate(Topology, doc)
     _check_references(topo, doc)
     topo.source = str(path)

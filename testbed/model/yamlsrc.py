@@ -45,11 +45,15 @@ def _build(node: yaml.Node, path: PathKey, lines: dict[PathKey, int], file: str)
         for key_node, value_node in node.value:
             key = yaml.safe_load(yaml.serialize(key_node)) if key_node.tag else key_node.value
             if isinstance(key, (dict, list)):
-                raise InputError("mapping keys must be plain values", file=file,
-                                 line=key_node.start_mark.line + 1)
+                raise InputError(
+                    "mapping keys must be plain values",
+                    file=file,
+                    line=key_node.start_mark.line + 1,
+                )
             if key in out:
-                raise InputError(f"duplicate key {key!r}", file=file,
-                                 line=key_node.start_mark.line + 1)
+                raise InputError(
+                    f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1
+                )
             sub = (*path, key)
             out[key] = _build(value_node, sub, lines, file)
             lines[sub] = key_node.start_mark.line + 1
@@ -106,5 +110,6 @@ def validate(model: type[M], doc: YamlDoc, data: Any = None, prefix: PathKey = (
         if err["type"] not in ("missing",) and not isinstance(found, (dict, list)):
             msg += f" (found {found!r})"
         more = f" (and {e.error_count() - 1} more problem(s))" if e.error_count() > 1 else ""
-        raise InputError(msg + more, file=doc.file, line=doc.line_of(path),
-                         field=_dotted(path) or None) from None
+        raise InputError(
+            msg + more, file=doc.file, line=doc.line_of(path), field=_dotted(path) or None
+        ) from None

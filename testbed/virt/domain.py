@@ -15,9 +15,9 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from testbed.errors import LabError
+from testbed.virt.conn import open_conn
 
 SERIAL_DIR = "/var/log/libvirt/qemu"
-READY_MARKER = "TESTBED-GUEST-READY"
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,27 @@ class DomainSpec:
 def domain_xml(spec: DomainSpec) -> str:
     dtype = "kvm" if spec.accel == "kvm" else "qemu"
     if spec.kernel:
-        boot = (f"<kernel>{escape(str(spec.kernel))}</kernel>"
-                f"<initrd>{escape(str(spec.initrd))}</initrd>"
-                f"<cmdline>{escape(spec.cmdline)}</cmdline>")
+        boot = (
+            f"<kernel>{escape(str(spec.kernel))}</kernel>"
+            f"<initrd>{escape(str(spec.initrd))}</initrd>"
+            f"<cmdline>{escape(spec.cmdline)}</cmdline>"
+        )
         disk = ""
     else:
         boot = "<boot dev='hd'/>"
-        disk = (f"<disk type='file' device='disk'><driver name='qemu'/>"
-                f"<source file='{escape(str(spec.disk))}'/><target dev='vda' bus='virtio'/></disk>")
+        disk = (
+            f"<disk type='file' device='disk'><driver name='qemu'/>"
+            f"<source file='{escape(str(spec.disk))}'/><target dev='vda' bus='virtio'/></disk>"
+        )
     # qemu64 without svm: host-model fails under this machine's nested KVM (LAB-NOTES.md)
-    cpu = ("<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model>"
-           "<feature policy='disable' name='svm'/></cpu>") if dtype == "kvm" else ""
+    cpu = (
+        (
+            "<cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model>"
+            "<feature policy='disable' name='svm'/></cpu>"
+        )
+        if dtype == "kvm"
+        else ""
+    )
     return f"""<domain type='{dtype}'>
   <name>{escape(spec.name)}</name>
   <memory unit='MiB'>{spec.memory_mib}</memory>
@@ -68,7 +78,6 @@ def domain_xml(spec: DomainSpec) -> str:
     <serial type='file'><source path='{spec.serial_path}' append='on'/><target port='0'/></serial>
     <graphics type='spice' autoport='yes'>
       <listen type='address'/>
-      <image compression='off'/>
     </graphics>
     <video><model type='qxl'/></video>
     <controller type='usb' model='qemu-xhci'/>
@@ -81,6 +90,25 @@ def domain_xml(spec: DomainSpec) -> str:
 """
 
 
+def destroy_by_name(uri: str, name: str) -> bool:
+    """Destroy and undefine domain `name` on `uri` if it is there; False if unreachable."""
+    try:
+        conn = open_conn(uri)
+    except libvirt.libvirtError:
+        return False
+    try:
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+    except libvirt.libvirtError:
+        pass
+    finally:
+        conn.close()
+    return True
+
+
 def start_domain(conn: libvirt.virConnect, spec: DomainSpec) -> libvirt.virDomain:
     try:
         return conn.createXML(domain_xml(spec), 0)
@@ -89,7 +117,7 @@ def start_domain(conn: libvirt.virConnect, spec: DomainSpec) -> libvirt.virDomai
 
 
 def wait_for_serial(path: Path, marker: str, timeout_s: float, since: int = 0) -> float:
-    """Wait until `marker` appears in the serial log after byte `since`; return the seconds waited."""
+    """Wait until `marker` is in the serial log after byte `since`; return the seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         if path.exists():

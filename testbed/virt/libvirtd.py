@@ -22,7 +22,7 @@ from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.ledger import Ledger
 from testbed.hosts.local import LocalHost
 from testbed.hosts.procs import alive
-from testbed.virt.events import ensure_event_loop
+from testbed.virt.conn import open_conn
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ PRIVATE_DIRS = {
     "log": "/var/log/libvirt",
     "etc-qemu": "/etc/libvirt/qemu",
 }
-
-
-def _silence_libvirt_stderr() -> None:
-    """libvirt prints every error to stderr by default; we report errors ourselves."""
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-_silence_libvirt_stderr()
 
 
 @dataclass
@@ -73,20 +65,22 @@ def qemu_conf(cfg: LibvirtdConfig) -> str:
 
 
 def libvirtd_conf(cfg: LibvirtdConfig) -> str:
-    return "\n".join([
-        f'host_uuid = "{cfg.host_uuid}"',
-        "listen_tls = 0",
-        "listen_tcp = 0",
-        'unix_sock_group = "root"',
-        'unix_sock_rw_perms = "0700"',
-        'unix_sock_ro_perms = "0700"',
-        'auth_unix_rw = "none"',
-        'auth_unix_ro = "none"',
-        "log_level = 3",
-        'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
-        "admin_max_clients = 1",
-        "",
-    ])
+    return "\n".join(
+        [
+            f'host_uuid = "{cfg.host_uuid}"',
+            "listen_tls = 0",
+            "listen_tcp = 0",
+            'unix_sock_group = "root"',
+            'unix_sock_rw_perms = "0700"',
+            'unix_sock_ro_perms = "0700"',
+            'auth_unix_rw = "none"',
+            'auth_unix_ro = "none"',
+            "log_level = 3",
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"',
+            "admin_max_clients = 1",
+            "",
+        ]
+    )
 
 
 class Libvirtd:
@@ -114,25 +108,27 @@ class Libvirtd:
     def start(self, cfg: LibvirtdConfig, ledger: Ledger, timeout_s: float = 30) -> int:
         """Write the configuration, start the daemon, wait for its socket; return its pid."""
         if not Path("/usr/sbin/libvirtd").exists():
-            raise CapabilityMissing("libvirtd is not installed",
-                                    hint="make setup (installs libvirt-daemon-system)")
+            raise CapabilityMissing(
+                "libvirtd is not installed", hint="make setup (installs libvirt-daemon-system)"
+            )
         for sub in PRIVATE_DIRS:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         (self.dir / "log" / "qemu").mkdir(exist_ok=True)
         (self.dir / "qemu.conf").write_text(qemu_conf(cfg))
         (self.dir / "libvirtd.conf").write_text(libvirtd_conf(cfg))
-        targets = " ".join(PRIVATE_DIRS.values())
-        binds = [f"mkdir -p {targets}"]
-        binds += [f"mount --bind {shlex.quote(str(self.dir / s))} {t}" for s, t in PRIVATE_DIRS.items()]
-        binds.append(f"mount --bind {shlex.quote(str(self.dir / 'qemu.conf'))} /etc/libvirt/qemu.conf")
-        script = " && ".join([*binds, "exec libvirtd -f {} -p {}".format(
-            shlex.quote(str(self.dir / "libvirtd.conf")), shlex.quote(str(self.dir / "libvirtd.pid")))])
+        q = shlex.quote
+        binds = [f"mkdir -p {' '.join(PRIVATE_DIRS.values())}"]
+        binds += [f"mount --bind {q(str(self.dir / s))} {t}" for s, t in PRIVATE_DIRS.items()]
+        binds.append(f"mount --bind {q(str(self.dir / 'qemu.conf'))} /etc/libvirt/qemu.conf")
+        conf, pidfile = q(str(self.dir / "libvirtd.conf")), q(str(self.dir / "libvirtd.pid"))
+        script = " && ".join([*binds, f"exec libvirtd -f {conf} -p {pidfile}"])
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
         out = open(self.dir / "libvirtd.stdout", "ab")  # noqa: SIM115 - handed to the child
         proc = self.host.popen(argv, stdout=out, stderr=out)
         out.close()
-        ledger.record_process("process", proc.pid, name=f"libvirtd@{self.host.name}",
-                              netns=self.host.netns)
+        ledger.record_process(
+            "process", proc.pid, name=f"libvirtd@{self.host.name}", netns=self.host.netns
+        )
         self._wait_ready(proc.pid, timeout_s)
         return proc.pid
 
@@ -145,7 +141,7 @@ class Libvirtd:
                 raise LabError(f"libvirtd on {self.host.name} exited at start: {tail}")
             if self.socket.exists():
                 try:
-                    conn = libvirt.open(self.uri)
+                    conn = open_conn(self.uri)
                     conn.close()
                     return
                 except libvirt.libvirtError as e:
@@ -162,9 +158,8 @@ class Libvirtd:
         return "no log"
 
     def connect(self) -> libvirt.virConnect:
-        ensure_event_loop()
         try:
-            return libvirt.open(self.uri)
+            return open_conn(self.uri)
         except libvirt.libvirtError as e:
             raise LabError(f"cannot connect to libvirtd on {self.host.name}: {e}") from None
 

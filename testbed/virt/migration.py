@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class MigrationOptions:
-    migrate_uri: str                      # tcp://<dst address on the migration network>
-    graphics_uri: str | None = None       # spice://<dst display address as the client sees it>
-    bandwidth_mib: int | None = None      # MiB/s
+    migrate_uri: str  # tcp://<dst address on the migration network>
+    graphics_uri: str | None = None  # spice://<dst display address as the client sees it>
+    bandwidth_mib: int | None = None  # MiB/s
     max_downtime_ms: int | None = None
     auto_converge: bool = False
     postcopy: bool = False
@@ -35,12 +35,12 @@ class MigrationOptions:
 
 @dataclass
 class MigrationRecord:
-    started: float = 0.0                  # wall clock (time.time())
+    started: float = 0.0  # wall clock (time.time())
     ended: float | None = None
     duration_s: float | None = None
     downtime_ms: int | None = None
     bytes: int | None = None
-    result: str = "pending"               # pending, running, completed, failed, aborted
+    result: str = "pending"  # pending, running, completed, failed, aborted
     error: str | None = None
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, %)
     bandwidth_changes: list[tuple[float, int]] = field(default_factory=list)
@@ -52,8 +52,13 @@ class MigrationRecord:
 class Migration:
     """One live migration of `domain` from `src` to `dst`."""
 
-    def __init__(self, src: libvirt.virConnect, dst: libvirt.virConnect, domain: str,
-                 options: MigrationOptions) -> None:
+    def __init__(
+        self,
+        src: libvirt.virConnect,
+        dst: libvirt.virConnect,
+        domain: str,
+        options: MigrationOptions,
+    ) -> None:
         self.src, self.dst, self.name, self.options = src, dst, domain, options
         self.record = MigrationRecord()
         self._thread: threading.Thread | None = None
@@ -72,8 +77,7 @@ class Migration:
         self.record.result = "running"
         if self.options.bandwidth_mib:
             self.record.bandwidth_changes.append((0.0, self.options.bandwidth_mib))
-        self._thread = threading.Thread(target=self._run, name=f"migrate-{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"migrate-{self.name}", daemon=True)
         self._thread.start()
 
     def _params(self) -> dict[str, Any]:
@@ -113,7 +117,8 @@ class Migration:
             return
         try:
             stats = self.dst.lookupByName(self.name).jobStats(
-                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED
+            )
         except libvirt.libvirtError as e:
             log.debug("completed job stats unavailable: %s", e)
             return

@@ -1,0 +1,41 @@
+# testbed: `make reproduce` and `make test` set everything up themselves (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup apt venv image test reproduce lint bench clean-labs
+
+setup: apt venv image
+
+apt:
+	@tools/apt-setup.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+	@echo "venv: installed testbed and its test extras into $(VENV)"
+
+venv: $(STAMP)
+	@echo "venv: $(VENV) is up to date"
+
+image: venv
+	@$(BIN)/testbed guest build
+
+test: setup
+	$(BIN)/pytest -v -rs
+
+reproduce: setup
+	tools/reproduce.sh
+
+lint: venv
+	$(BIN)/ruff check testbed tests bench
+
+bench: setup
+	$(BIN)/python bench/lab.py
+
+clean-labs: venv
+	$(BIN)/testbed down --all

@@ -1,0 +1,251 @@
+"""The `testbed` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.table import Table
+
+from testbed.cli.common import (
+    DEFAULT_TOPOLOGY,
+    console,
+    find_lab,
+    friendly_errors,
+    lab_option,
+    out,
+    setup_logging,
+    step,
+)
+from testbed.errors import TestbedError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="-v tells the story, -vv every detail.")
+def cli(verbose: int) -> None:
+    """A network-emulating integration testbed for virtualisation QE."""
+    setup_logging(verbose)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--no-kvm-probe", is_flag=True, help="Do not boot a guest to test KVM.")
+@friendly_errors
+def doctor(as_json: bool, no_kvm_probe: bool) -> None:
+    """Check that this machine can run the embedded lab."""
+    from testbed.lab.doctor import embedded_lab_ok, run_checks
+
+    with step("checking"):
+        checks = run_checks(probe_kvm=not no_kvm_probe)
+    ok = embedded_lab_ok(checks)
+    if as_json:
+        out.print_json(json.dumps({"ok": ok, "checks": [c.__dict__ for c in checks]}))
+    else:
+        t = Table("check", "", "detail", "to fix", title="testbed doctor")
+        for c in checks:
+            miss = "[red]MISSING[/]" if c.required else "[yellow]no[/]"
+            mark = "[green]ok[/]" if c.ok else miss
+            t.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
+        out.print(t)
+        out.print(
+            "[green]The embedded lab can run.[/]"
+            if ok
+            else "[red]The embedded lab cannot run: fix the MISSING lines.[/]"
+        )
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.argument("topology", default=DEFAULT_TOPOLOGY, required=False)
+@click.option("--id", "lab_id", default=None, help="Use this lab id (4 hex digits).")
+@friendly_errors
+def up(topology: str, lab_id: str | None) -> None:
+    """Bring a lab up from TOPOLOGY (default: the embedded local lab)."""
+    from testbed.lab.lab import Lab
+    from testbed.model.topology import load_topology
+
+    topo = load_topology(topology)
+    with step(f"bringing up {topo.name}") as progress:
+        lab = Lab.up(topo, progress=progress, lab_id=lab_id)
+    _print_lab(lab.record.info)
+    out.print(
+        f"lab [bold]{lab.id}[/] is up ({lab.record.info.get('up_seconds')} s); "
+        f"`testbed down {lab.id}` removes it"
+    )
+
+
+def _print_lab(info: dict) -> None:
+    from testbed.model.topology import load_topology
+
+    t = Table(
+        "host",
+        "namespace",
+        "addresses",
+        "libvirt",
+        "display",
+        title=f"lab {info.get('id')} ({info.get('topology_name')})",
+    )
+    topo = load_topology(info["topology"]) if info.get("topology") else None
+    for name, h in info.get("hosts", {}).items():
+        addrs = ""
+        if topo:
+            addrs = ", ".join(
+                f"{n}={topo.address(n, name)}"
+                for n, net in topo.networks.items()
+                if name in net.members
+            )
+        disp = h.get("display", {})
+        t.add_row(
+            name,
+            h.get("netns", ""),
+            addrs,
+            h.get("libvirt_uri", ""),
+            f":{disp['number']}" if disp else "",
+        )
+    out.print(t)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def status(as_json: bool) -> None:
+    """List labs on this machine."""
+    from testbed.lab.state import list_labs
+
+    labs = list_labs()
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [{"id": r.id, "status": r.status, "orphaned": r.orphaned, **r.info} for r in labs],
+                default=str,
+            )
+        )
+        return
+    if not labs:
+        out.print("no labs")
+        return
+    t = Table("lab", "topology", "status", "hosts", "guests")
+    for r in labs:
+        st = r.status + (" (orphaned: owner died)" if r.orphaned else "")
+        guests = ", ".join(f"{g}@{v.get('host')}" for g, v in r.info.get("guests", {}).items())
+        t.add_row(r.id, r.topology_name, st, ", ".join(r.info.get("hosts", {})), guests)
+    out.print(t)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove every lab, and stray lab namespaces no lab claims.",
+)
+@friendly_errors
+def down(target: str | None, everything: bool) -> None:
+    """Remove a lab (by id or topology) and everything it made. Idempotent."""
+    from testbed.lab.state import list_labs
+    from testbed.lab.teardown import sweep_strays, teardown
+
+    if everything:
+        labs = list_labs()
+        removed = []
+        for r in labs:
+            teardown(r)
+            removed.append(r.id)
+        strays = sweep_strays(set())
+        out.print(
+            f"removed {len(removed)} lab(s) {' '.join(removed)}"
+            + (f" and {len(strays)} stray namespace(s)" if strays else "")
+        )
+        return
+    if target is None:
+        target = DEFAULT_TOPOLOGY
+    try:
+        rec = find_lab(target)
+    except TestbedError as e:
+        if "no lab is up" in str(e):
+            out.print("nothing to remove")
+            return
+        raise
+    done = teardown(rec)
+    out.print(f"lab {rec.id} removed ({len(done)} resources)")
+
+
+@cli.group()
+def guest() -> None:
+    """Guest images."""
+
+
+@guest.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if cached.")
+@friendly_errors
+def guest_build(force: bool) -> None:
+    """Build the default guest image (kernel + initramfs) into the cache."""
+    from testbed.virt.image import build_guest_image
+
+    with step("guest image") as progress:
+        image, built = build_guest_image(force=force, progress=progress)
+    out.print(
+        ("built " if built else "already built, nothing to do: ")
+        + f"{image.kernel_version} {image.initrd.parent}"
+    )
+
+
+@guest.command("start")
+@click.argument("name", default="vm")
+@lab_option
+@click.option("--dirty-rate", type=float, default=None, help="MiB/s the guest rewrites.")
+@friendly_errors
+def guest_start(name: str, lab_target: str | None, dirty_rate: float | None) -> None:
+    """Start guest NAME of the topology on its hypervisor and wait until it has booted."""
+    from testbed.lab.guests import start_guest
+    from testbed.lab.lab import Lab
+
+    lab = Lab.open(find_lab(lab_target).id)
+    with step(f"starting {name}"):
+        g = start_guest(lab, name, dirty_rate=dirty_rate)
+    out.print(f"{name} ({g.domain}) runs on {g.host} under {g.accel}, booted in {g.boot_s:.1f} s")
+
+
+@cli.command()
+@click.argument("guest_name", metavar="GUEST", default="vm")
+@click.argument("to", default="dst")
+@lab_option
+@click.option("--bandwidth", type=int, default=None, help="MiB/s.")
+@click.option("--timeout", type=float, default=300, help="Abort after this many seconds.")
+@friendly_errors
+def migrate(
+    guest_name: str, to: str, lab_target: str | None, bandwidth: int | None, timeout: float
+) -> None:
+    """Live-migrate GUEST to hypervisor TO over the migration network."""
+    from rich.progress import Progress
+
+    from testbed.lab.guests import finish_migration, migration_for
+    from testbed.lab.lab import Lab
+
+    lab = Lab.open(find_lab(lab_target).id)
+    m = migration_for(lab, guest_name, to, bandwidth_mib=bandwidth, timeout_s=timeout)
+    m.start()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"migrating {guest_name} to {to}", total=100)
+        while not m.done and m.elapsed() < timeout:
+            bar.update(task, completed=m.progress())
+            time.sleep(0.3)
+    rec = m.wait(timeout)
+    finish_migration(lab, guest_name, m, to)
+    if rec.result != "completed":
+        raise TestbedError(f"migration {rec.result}: {rec.error}")
+    out.print(
+        f"{guest_name} migrated to {to} in {rec.duration_s} s, downtime "
+        f"{rec.downtime_ms} ms, {(rec.bytes or 0) / 2**20:.0f} MiB"
+    )
+
+
+def main() -> None:
+    cli(prog_name="testbed")
+
+
+if __name__ == "__main__":
+    main()

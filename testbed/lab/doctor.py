@@ -1,0 +1,190 @@
+"""`testbed doctor`: can this machine run the embedded lab, and with which engines?
+
+Every check probes the real thing (a qdisc added in a scratch namespace, a
+guest booted under KVM) and a missing piece says what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from testbed.net.capabilities import probe_kernel
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = True  # needed by the embedded lab
+    fix: str = ""
+
+
+def _version(argv: list[str], pattern: str = r"(\d+\.\d+(?:\.\d+)?)") -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(pattern, out.stdout + out.stderr)
+    return m.group(1) if m else None
+
+
+def _kernel_checks() -> list[Check]:
+    k = probe_kernel()
+    if not k.netns:
+        return [
+            Check(
+                "network namespaces",
+                False,
+                k.errors.get("netns", ""),
+                fix="run as root on a kernel with network namespaces",
+            )
+        ]
+    checks = [Check("network namespaces", True, "create/remove works")]
+    for kind in ("htb", "tbf", "ingress"):
+        checks.append(
+            Check(
+                f"qdisc {kind}",
+                k.qdiscs.get(kind, False),
+                k.errors.get(kind, "present"),
+                required=kind == "htb",
+                fix=f"a kernel with sch_{kind}",
+            )
+        )
+    engine = "kernel-netem" if k.netem else "userspace-nfqueue"
+    checks.append(
+        Check(
+            "qdisc netem",
+            k.netem,
+            "present"
+            if k.netem
+            else f"absent ({k.errors.get('netem', '')}): "
+            "delay, jitter and loss use the userspace engine",
+            required=False,
+            fix="a kernel with sch_netem for the kernel engine",
+        )
+    )
+    checks.append(
+        Check(
+            "ifb",
+            k.ifb,
+            "present" if k.ifb else k.errors.get("ifb", ""),
+            required=False,
+            fix="a kernel with ifb",
+        )
+    )
+    checks.append(
+        Check(
+            "NFQUEUE",
+            k.nfqueue,
+            "present" if k.nfqueue else k.errors.get("nfqueue", ""),
+            required=not k.netem,
+            fix="iptables and nfnetlink_queue",
+        )
+    )
+    checks.append(Check("shaping engine", k.netem or k.nfqueue, engine))
+    return checks
+
+
+def _virt_checks(probe_kvm: bool) -> list[Check]:
+    checks = []
+    qemu = _version(["qemu-system-x86_64", "--version"])
+    checks.append(
+        Check(
+            "QEMU",
+            qemu is not None,
+            qemu or "qemu-system-x86_64 not found",
+            fix="apt-get install qemu-system-x86 (make setup)",
+        )
+    )
+    if qemu:
+        acc = subprocess.run(
+            ["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True
+        ).stdout
+        checks.append(Check("TCG", "tcg" in acc, "available" if "tcg" in acc else "missing"))
+        spice = subprocess.run(
+            ["qemu-system-x86_64", "-spice", "help"], capture_output=True, text=True
+        )
+        has_spice = "seamless-migration" in spice.stdout  # `-spice help` exits 1 anyway
+        checks.append(
+            Check(
+                "SPICE in QEMU",
+                has_spice,
+                "built with SPICE" if has_spice else "no SPICE",
+                fix="Debian's qemu-system-x86 (built with SPICE)",
+            )
+        )
+    kvm_detail, kvm_ok = "not probed (doctor --kvm boots a guest under KVM)", False
+    if not os.path.exists("/dev/kvm"):
+        kvm_detail = "no /dev/kvm: guests run under TCG"
+    elif probe_kvm and qemu:
+        from testbed.virt.accel import probe_accel
+        from testbed.virt.image import build_guest_image
+
+        a = probe_accel(build_guest_image()[0])
+        kvm_ok = a.kind == "kvm"
+        kvm_detail = ("usable" if kvm_ok else "unusable: guests run under TCG") + f" ({a.reason})"
+    checks.append(Check("KVM", kvm_ok, kvm_detail, required=False))
+    try:
+        import libvirt
+
+        v = libvirt.getVersion()
+        lv = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        checks.append(Check("libvirt-python", True, lv))
+    except ImportError:
+        checks.append(Check("libvirt-python", False, "not importable", fix="make setup"))
+    d = _version(["libvirtd", "--version"])
+    checks.append(
+        Check(
+            "libvirtd",
+            d is not None,
+            d or "not found",
+            fix="apt-get install libvirt-daemon-system (make setup)",
+        )
+    )
+    return checks
+
+
+def _client_checks() -> list[Check]:
+    rv = _version(["remote-viewer", "--version"], r"version (\S+)")
+    return [
+        Check(
+            "remote-viewer",
+            rv is not None,
+            rv or "not found",
+            fix="apt-get install virt-viewer (make setup)",
+        ),
+        Check(
+            "Xvfb",
+            shutil.which("Xvfb") is not None,
+            "present" if shutil.which("Xvfb") else "not found",
+            fix="apt-get install xvfb (make setup)",
+        ),
+        Check(
+            "iperf3",
+            shutil.which("iperf3") is not None,
+            "present" if shutil.which("iperf3") else "not found",
+            required=False,
+            fix="apt-get install iperf3 (make setup)",
+        ),
+    ]
+
+
+def run_checks(probe_kvm: bool = True) -> list[Check]:
+    root = os.geteuid() == 0
+    checks = [
+        Check(
+            "root", root, "yes" if root else "testbed needs root for namespaces", fix="run as root"
+        )
+    ]
+    if not root:
+        return checks
+    return [*checks, *_kernel_checks(), *_virt_checks(probe_kvm), *_client_checks()]
+
+
+def embedded_lab_ok(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks if c.required)
