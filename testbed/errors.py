@@ -17,8 +17,12 @@ class TestbedError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
-class InputError(TestbedError):
-    """Bad user input (a topology, a playbook, a CLI value). Exit code 2, nothing created."""
+class InputError(TestbedError, ValueError):
+    """Bad user input (a topology, a playbook, a CLI value). Exit code 2, nothing created.
+
+    A ValueError too, so a unit parser raising it inside a pydantic validator becomes a
+    validation error that carries the field's location.
+    """
 
     exit_code = 2
 

@@ -29,12 +29,11 @@ def labs_dir() -> Path:
 
 def new_lab_dir(lab_id: str | None = None) -> tuple[str, Path]:
     """Claim a fresh lab id (mkdir is the atomic claim)."""
-    labs_dir().mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         lid = lab_id or secrets.token_hex(ID_LEN // 2)
         d = labs_dir() / lid
         try:
-            d.mkdir()
+            d.mkdir(parents=True)  # parents too: a teardown may have just removed labs/
             return lid, d
         except FileExistsError:
             if lab_id:

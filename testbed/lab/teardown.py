@@ -50,6 +50,11 @@ def teardown(lab: LabRecord) -> list[str]:
                 p.unlink(missing_ok=True)
             done.append(f"{e.kind} {p}")
     shutil.rmtree(lab.dir, ignore_errors=True)
+    for parent in (lab.dir.parent, lab.dir.parent.parent):  # labs/, then the state root
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: another lab lives there
     return done
 
 
