@@ -82,7 +82,7 @@ def test_explicit_addresses_and_auto_ones_do_not_collide(tmp_path: Path) -> None
             "members: [client, src, dst]",
             "members: [client, src, dsx]",
             9,
-            "networks.display.members.2",
+            "networks.display.members[2]",
             "'dsx' is not a host",
         ),
         (
@@ -142,6 +142,6 @@ def test_cli_rejects_bad_topology_with_exit_2_and_creates_nothing(
         timeout=60,
     )
     assert res.returncode == 2, res.stderr
-    assert "topo.yaml:12" in res.stderr and "networks.migration.members.1" in res.stderr
+    assert "topo.yaml:12" in res.stderr and "networks.migration.members[1]" in res.stderr
     assert "Traceback" not in res.stderr
     assert set(netns.listnetns()) == before

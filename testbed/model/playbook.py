@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-import yaml
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -45,7 +44,16 @@ from pydantic import (
 from testbed.errors import InputError
 from testbed.model import units
 from testbed.model.profile import LinkProfile
-from testbed.model.yamlsrc import PathKey, YamlDoc, load_yaml_text, validate
+from testbed.model.yamlsrc import (
+    PathKey,
+    YamlDoc,
+    dotted,
+    load_yaml_file,
+    load_yaml_text,
+    validate,
+)
+
+EMPTY_HINT = "a playbook needs name and steps"
 
 Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost"]
 UsbRedir = Literal["migrated", "reconnected", "lost"]
@@ -471,18 +479,16 @@ def scenario_rows(scenarios: Iterable[Scenario]) -> list[ScenarioRow]:
 
 def load_playbook(path: str | Path) -> Playbook:
     """Read, check and expand a playbook; any problem is an InputError naming file and line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError("no such file", file=str(path)) from None
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", file=str(path)) from None
-    return parse_playbook(text, str(path))
+    return _from_doc(load_yaml_file(path, keep_text=_is_name, empty_hint=EMPTY_HINT))
 
 
 def parse_playbook(text: str, file: str = "<playbook>") -> Playbook:
     """As `load_playbook`, from text (`file` is the name errors use)."""
-    doc = _load_doc(text, file)
+    return _from_doc(load_yaml_text(text, file, keep_text=_is_name, empty_hint=EMPTY_HINT))
+
+
+def _from_doc(doc: YamlDoc) -> Playbook:
+    file = doc.file
     if not isinstance(doc.data, dict):
         raise InputError(
             "a playbook is a mapping with name, steps and optionally vars, matrix, scenarios",
@@ -508,69 +514,12 @@ def _is_name(path: PathKey) -> bool:
     )
 
 
-def _load_doc(text: str, file: str) -> YamlDoc:
-    """yamlsrc's document, except that every key is the text the user wrote.
-
-    yamlsrc builds keys as YAML 1.1 reads them, so `on:` and `yes:` in one axis would be
-    the same key True; here keys are names, so they are built from the text.
-    """
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        load_yaml_text(text, file)  # raises yamlsrc's InputError for the same problem
-        raise
-    if node is None:
-        raise InputError("the file is empty", file=file, hint="a playbook needs name and steps")
-    builder = _DocBuilder(file)
-    return YamlDoc(file=file, data=builder.build(node, ()), lines=builder.lines)
-
-
-class _DocBuilder:
-    """Plain data from a node tree, with the line of every path (as yamlsrc does)."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.lines: dict[PathKey, int] = {}
-        self._loader = yaml.SafeLoader("")  # only its constructor: tags -> Python values
-
-    def build(self, node: yaml.Node, path: PathKey) -> Any:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(n, (*path, i)) for i, n in enumerate(node.value)]
-        value = self._loader.construct_object(node, deep=True)
-        if _is_name(path) and node.style is None and not isinstance(value, str):
-            return node.value  # a name such as `on` or `2024`, not True or 2024
-        return value
-
-    def _mapping(self, node: yaml.MappingNode, path: PathKey) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            line = key_node.start_mark.line + 1
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise InputError("mapping keys must be plain names", file=self.file, line=line)
-            key = key_node.value
-            if key in out:
-                raise InputError(f"duplicate key {key!r}", file=self.file, line=line)
-            out[key] = self.build(value_node, (*path, key))
-            self.lines[(*path, key)] = line
-        return out
-
-
 # -- checks that do not depend on a scenario ------------------------------------------------
-
-
-def _dotted(path: PathKey) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-    return out
 
 
 def _fail(doc: YamlDoc, msg: str, path: PathKey, hint: str | None = None) -> InputError:
     return InputError(
-        msg, file=doc.file, line=doc.line_of(path), field=_dotted(path) or None, hint=hint
+        msg, file=doc.file, line=doc.line_of(path), field=dotted(path) or None, hint=hint
     )
 
 
@@ -967,7 +916,7 @@ def _check_unique(drafts: list[_Draft], doc: YamlDoc) -> None:
         first = seen.setdefault(d.name, d)
         if first is d:
             continue
-        made_by = ", ".join(f"{a}={v}" for a, v in first.params.items()) or _dotted(first.path)
+        made_by = ", ".join(f"{a}={v}" for a, v in first.params.items()) or dotted(first.path)
         hint = None
         if d.path == ("name_format",):
             hint = "name_format must tell every combination apart: use every axis"
@@ -1009,7 +958,7 @@ class _Scope:
             if origin is not None:
                 parts.append(
                     f"{{{name}}} is {self.draft.vars[name]!r} here, set at "
-                    f"{_dotted(origin)} (line {self.doc.line_of(origin)})"
+                    f"{dotted(origin)} (line {self.doc.line_of(origin)})"
                 )
         return "; ".join(parts)
 
@@ -1041,7 +990,7 @@ def _build_step(scope: _Scope, raw: Mapping[str, Any], i: int) -> Step:
         step = model.model_validate(values)
     except ValidationError as e:
         raise _validation_error(scope, e, model, values, path) from None
-    step._where = f"{scope.doc.file}:{scope.doc.line_of(path)}: {_dotted(path)}"
+    step._where = f"{scope.doc.file}:{scope.doc.line_of(path)}: {dotted(path)}"
     return step
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from testbed.errors import InputError
 from testbed.model.profile import LinkProfile
 from testbed.model.units import parse_size_bytes
-from testbed.model.yamlsrc import YamlDoc, load_yaml_file, validate
+from testbed.model.yamlsrc import YamlDoc, dotted, load_yaml_file, validate
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
 NAME_RULE = "a lowercase name of 1-10 letters/digits starting with a letter"
@@ -119,8 +119,7 @@ class Topology(Strict):
 
 def _check_references(topo: Topology, doc: YamlDoc) -> None:
     def fail(msg: str, path: tuple[str | int, ...]) -> None:
-        dotted = ".".join(str(p) for p in path)
-        raise InputError(msg, file=doc.file, line=doc.line_of(path), field=dotted)
+        raise InputError(msg, file=doc.file, line=doc.line_of(path), field=dotted(path))
 
     for name in topo.hosts:
         if not NAME_RE.match(name):
