@@ -19,6 +19,8 @@ from testbed.lab.state import LabRecord, list_labs
 
 console = Console(stderr=True)
 out = Console()
+if not out.is_terminal:  # logs and CI: tables wide enough to read whole
+    out = Console(width=150)
 DEFAULT_TOPOLOGY = "topologies/local.yaml"
 F = TypeVar("F", bound=Callable[..., Any])
 

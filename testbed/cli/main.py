@@ -19,6 +19,8 @@ from testbed.cli.common import (
     setup_logging,
     step,
 )
+from testbed.cli.run import classify as classify_cmd
+from testbed.cli.run import run as run_cmd
 from testbed.errors import TestbedError
 
 
@@ -241,6 +243,10 @@ def migrate(
         f"{guest_name} migrated to {to} in {rec.duration_s} s, downtime "
         f"{rec.downtime_ms} ms, {(rec.bytes or 0) / 2**20:.0f} MiB"
     )
+
+
+cli.add_command(run_cmd)
+cli.add_command(classify_cmd)
 
 
 def main() -> None:

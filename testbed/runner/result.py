@@ -20,7 +20,7 @@ class MigrationSummary:
 
 @dataclass
 class ClientSummary:
-    connected_at_s: float | None = None         # seconds after the migration started
+    connected_at_s: float | None = None  # seconds after the migration started
     connected_at_progress: float | None = None  # migration progress (%) when it connected
     unresponsive_ms: float | None = None
     usbredir: str | None = None

@@ -15,8 +15,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
-    t: float            # seconds since the scenario started
-    kind: str           # e.g. migration.start, client.connect, guard.hold, link.shape
+    t: float  # seconds since the scenario started
+    kind: str  # e.g. migration.start, client.connect, guard.hold, link.shape
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,0 +1,138 @@
+"""`testbed run` and `testbed classify`: the playbook runner and the log classifier, as commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+
+from testbed.cli.common import console, friendly_errors, out
+from testbed.runner.result import RunResult, ScenarioResult
+
+
+def verdict_table(run: RunResult) -> Table:
+    t = Table(
+        "scenario",
+        "expected",
+        "outcome",
+        "usbredir",
+        "migration s",
+        "unresponsive ms",
+        "guard",
+        "verdict",
+        title=f"{Path(run.playbook).name} on {Path(run.topology).name}",
+    )
+    for s in run.scenarios:
+        t.add_row(*scenario_row(s))
+    return t
+
+
+def scenario_row(s: ScenarioResult) -> list[str]:
+    exp = s.expected.get("outcome", "")
+    guard = "" if s.guard is None else f"{s.guard.get('result')} ({s.guard.get('held_s')} s)"
+    verdict = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
+    return [
+        s.name,
+        str(exp),
+        str(s.outcome or "-"),
+        str(s.client.usbredir or "-"),
+        str(s.migration.duration_s or "-"),
+        str(s.client.unresponsive_ms or "-"),
+        guard,
+        verdict,
+    ]
+
+
+@click.command()
+@click.argument("playbooks", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--topology", "-t", default=None, help="Topology (default: the playbook's own).")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output directory (default runs/<timestamp>-<playbook>/).",
+)
+@click.option("-k", "pattern", default=None, help="Only scenarios matching (e.g. 'fix-on').")
+@click.option("--list", "list_only", is_flag=True, help="Show the scenarios; run nothing.")
+@friendly_errors
+def run(
+    playbooks: tuple[str, ...],
+    topology: str | None,
+    out_dir: str | None,
+    pattern: str | None,
+    list_only: bool,
+) -> None:
+    """Run PLAYBOOK(s); exit 0 exactly when every expectation holds."""
+    from testbed.model.playbook import load_playbook, scenario_rows, select
+    from testbed.model.topology import load_topology
+    from testbed.runner.run import check_against, default_out_dir, run_playbook
+
+    loaded = [load_playbook(p) for p in playbooks]
+    plans = []
+    for pb in loaded:
+        topo_path = topology or pb.topology or "topologies/local.yaml"
+        topo = load_topology(topo_path)
+        chosen = select(pb.scenarios(), pattern) if pattern else pb.scenarios()
+        check_against(chosen, topo, pb.source or pb.name)
+        plans.append((pb, topo, chosen))
+    if list_only:
+        t = Table("playbook", "scenario", "parameters", "expected outcome")
+        for pb, _topo, chosen in plans:
+            for r in scenario_rows(chosen):
+                t.add_row(
+                    pb.name,
+                    r.name,
+                    ", ".join(f"{k}={v}" for k, v in r.params.items()),
+                    r.outcome or "",
+                )
+        out.print(t)
+        return
+    all_passed = True
+    for pb, topo, _chosen in plans:
+        dest = (
+            Path(out_dir) / pb.name
+            if out_dir and len(plans) > 1
+            else (Path(out_dir) if out_dir else default_out_dir(pb))
+        )
+        spinner = Spinner("dots", text=f"{pb.name}: starting")
+
+        def progress(msg: str, spinner: Spinner = spinner) -> None:
+            spinner.update(text=msg)
+
+        def done(s: ScenarioResult) -> None:
+            mark = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
+            why = "" if s.passed else ": " + "; ".join(s.failures)
+            console.print(f"{mark} {s.name} ({s.duration_s:.0f} s){why}", highlight=False)
+
+        with Live(spinner, console=console, transient=True, refresh_per_second=8):
+            result = run_playbook(
+                pb, topo, dest, pattern=pattern, progress=progress, on_scenario=done
+            )
+        out.print(verdict_table(result))
+        out.print(f"results: {dest / 'result.json'}")
+        all_passed &= result.passed
+    sys.exit(0 if all_passed else 1)
+
+
+@click.command()
+@click.argument("client_log", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the classification as JSON.")
+@friendly_errors
+def classify(client_log: str, as_json: bool) -> None:
+    """Classify a remote-viewer debug log (SPICE_DEBUG=1 --debug) on its own."""
+    from testbed.spice.classifier import classify_file
+
+    c = classify_file(client_log)
+    if as_json:
+        out.print_json(json.dumps(c.to_json(), default=str))
+        return
+    out.print(f"outcome: [bold]{c.outcome}[/]  usbredir: [bold]{c.usbredir}[/]")
+    out.print(c.reason)
+    for e in c.evidence[:20]:
+        out.print(f"  {e.line}: {e.text.strip()[:140]}  [dim]({e.means})[/]", highlight=False)
