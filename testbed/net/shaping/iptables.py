@@ -1,0 +1,94 @@
+"""NFQUEUE rules in a lab namespace's `raw PREROUTING`, through iptables in that namespace.
+
+All rules live in one chain of ours (`TB-SHAPE`, jumped to from raw PREROUTING), one
+rule per shaped incoming direction::
+
+    -A TB-SHAPE -s SRC/32 -i IFNAME -j NFQUEUE --queue-num N --queue-bypass
+
+iptables always runs as `nsenter --net=/run/netns/NS -- iptables -w ...`; refusing an
+empty namespace name keeps it out of the root namespace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from testbed.errors import CapabilityMissing, LabError
+from testbed.hosts.nsexec import ns_argv
+
+CHAIN = "TB-SHAPE"
+TABLE = "raw"
+
+
+@dataclass(frozen=True)
+class QueueRule:
+    ifname: str
+    src: str  # IPv4 address, no prefix
+    queue: int
+
+    def spec(self) -> list[str]:
+        return [
+            "-s", f"{self.src}/32", "-i", self.ifname,
+            "-j", "NFQUEUE", "--queue-num", str(self.queue), "--queue-bypass",
+        ]  # fmt: skip
+
+
+def _run(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    if not netns:
+        raise LabError("iptables needs a lab namespace; refusing the root namespace")
+    argv = [*ns_argv(netns), "iptables", "-w", "-t", TABLE, *args]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise CapabilityMissing(
+            "iptables is not installed", hint="apt-get install iptables"
+        ) from None
+    if check and out.returncode != 0:
+        raise LabError(f"iptables in {netns}: {' '.join(args)}: {out.stderr.strip()}")
+    return out
+
+
+def ensure_chain(netns: str) -> None:
+    if _run(netns, "-S", CHAIN, check=False).returncode != 0:
+        _run(netns, "-N", CHAIN)
+    if _run(netns, "-C", "PREROUTING", "-j", CHAIN, check=False).returncode != 0:
+        _run(netns, "-I", "PREROUTING", "1", "-j", CHAIN)
+
+
+def list_rules(netns: str) -> list[QueueRule]:
+    """The NFQUEUE rules our chain holds (empty if the chain does not exist)."""
+    out = _run(netns, "-S", CHAIN, check=False)
+    if out.returncode != 0:
+        return []
+    return [r for line in out.stdout.splitlines() if (r := parse_rule(line)) is not None]
+
+
+def parse_rule(line: str) -> QueueRule | None:
+    """`-A TB-SHAPE -s 198.18.0.2/32 -i lan -j NFQUEUE --queue-num 29697 --queue-bypass`."""
+    tok = line.split()
+    if len(tok) < 2 or tok[0] != "-A" or tok[1] != CHAIN:
+        return None
+    opts = dict(zip(tok[2::2], tok[3::2], strict=False))
+    try:
+        src = opts["-s"].removesuffix("/32")
+        return QueueRule(ifname=opts["-i"], src=src, queue=int(opts["--queue-num"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def add_rule(netns: str, rule: QueueRule) -> None:
+    ensure_chain(netns)
+    _run(netns, "-A", CHAIN, *rule.spec())
+
+
+def delete_rule(netns: str, rule: QueueRule) -> None:
+    _run(netns, "-D", CHAIN, *rule.spec())
+
+
+def remove_chain(netns: str) -> None:
+    """Remove the jump, the rules and the chain (each step tolerates it being gone)."""
+    while _run(netns, "-D", "PREROUTING", "-j", CHAIN, check=False).returncode == 0:
+        pass
+    _run(netns, "-F", CHAIN, check=False)
+    _run(netns, "-X", CHAIN, check=False)

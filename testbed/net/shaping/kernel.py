@@ -1,0 +1,149 @@
+"""The kernel engine: everything in the sender's egress qdiscs, through pyroute2.
+
+Per direction src -> dst, on src's interface: an htb class with the rate and a netem
+leaf with delay, jitter (and its distribution table), loss, duplicate, corrupt, reorder
+and the queue limit; a u32 filter on dst's address picks the class (`egress.py`). A
+rate-only profile gets a pfifo leaf with the limit instead of netem. No processes, so
+nothing can die: `health()` only reports the interfaces it holds.
+
+The product's main path on real lab hosts. Kernels without sch_netem (this CI machine,
+WSL2) get `CapabilityMissing` on the first netem leaf; `detect.select_engine()` checks
+first and picks the userspace engine there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import LabError
+from testbed.hosts.ledger import Ledger
+from testbed.model.profile import LinkProfile
+from testbed.net.shaping import distributions
+from testbed.net.shaping import netlink as nl
+from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
+from testbed.net.shaping.egress import Egress, PeerShape, Pfifo
+
+log = logging.getLogger(__name__)
+
+
+def to_peer_shape(profile: LinkProfile) -> PeerShape:
+    """A profile as the egress stack holds it (netem leaf only when something needs it)."""
+    limit = profile.effective_limit()
+    if not profile.needs_delay_line():
+        return PeerShape(profile.rate_bit, Pfifo(limit))
+    return PeerShape(
+        profile.rate_bit,
+        nl.NetemParams(
+            delay_ms=profile.delay_ms,
+            jitter_ms=profile.jitter_ms,
+            loss_pct=profile.loss_pct,
+            duplicate_pct=profile.duplicate_pct,
+            corrupt_pct=profile.corrupt_pct,
+            reorder_pct=profile.reorder_pct,
+            limit=limit,
+            dist_table=distributions.table(profile.jitter_distribution)
+            if profile.jitter_ms
+            else (),
+        ),
+    )
+
+
+def from_peer_shape(shape: PeerShape) -> LinkProfile:
+    """Read-back: the held objects in profile units (limit always explicit)."""
+    leaf = shape.leaf
+    if isinstance(leaf, Pfifo):
+        return LinkProfile(rate_bit=shape.rate_bit, limit=leaf.limit)
+    dist = distributions.name_of(leaf.dist_table) if leaf.jitter_ms else "uniform"
+    if dist is None:
+        raise LabError("a netem leaf holds a delay distribution table testbed did not send")
+    return LinkProfile.model_construct(
+        delay_ms=leaf.delay_ms,
+        jitter_ms=leaf.jitter_ms,
+        jitter_distribution=dist,
+        loss_pct=leaf.loss_pct,
+        duplicate_pct=leaf.duplicate_pct,
+        corrupt_pct=leaf.corrupt_pct,
+        reorder_pct=leaf.reorder_pct,
+        rate_bit=shape.rate_bit,
+        limit=leaf.limit,
+    )
+
+
+class KernelNetemEngine(ShapingEngine):
+    """htb + netem on each sender's egress interface."""
+
+    name = "kernel-netem"
+    fail_mode = None
+
+    def __init__(self, ledger: Ledger, state_dir: Path | None = None) -> None:
+        super().__init__(ledger, state_dir)
+        self._egress: dict[tuple[str, str], Egress] = {}
+        self._load()
+
+    def _engine_state(self) -> dict[str, Any]:
+        return {
+            "egress": [
+                {
+                    "netns": eg.netns,
+                    "ifname": eg.ifname,
+                    "tables": {str(m): distributions.name_of(t) for m, t in eg.sent_tables.items()},
+                }
+                for eg in self._egress.values()
+            ]
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        for e in state.get("egress", []):
+            eg = self._egress_for(e["netns"], e["ifname"])
+            for minor, name in e.get("tables", {}).items():
+                if name is not None:
+                    eg.sent_tables[int(minor)] = distributions.table(name)
+
+    def _egress_for(self, netns: str, ifname: str) -> Egress:
+        key = (netns, ifname)
+        if key not in self._egress:
+            self._egress[key] = Egress(netns, ifname)
+        return self._egress[key]
+
+    def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
+        per_if: dict[tuple[str, str], dict[str, PeerShape]] = {k: {} for k in self._egress}
+        for d, profile in wanted.items():
+            self._egress_for(d.src.netns, d.src.ifname)
+            per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = to_peer_shape(
+                profile
+            )
+        for key, peers in per_if.items():
+            self._egress[key].apply(peers)
+
+    def read_back(self) -> dict[Direction, LinkProfile]:
+        by_key = {(d.src.netns, d.src.ifname, d.dst.address): d for d in self._known}
+        held: dict[Direction, LinkProfile] = {}
+        for (netns, ifname), eg in self._egress.items():
+            for dst, shape in eg.read().items():
+                d = by_key.get((netns, ifname, dst)) or stray_direction(netns, ifname, None, dst)
+                if shape is None:
+                    raise LabError(
+                        f"{eg!r}: the class for {dst} holds a qdisc testbed did not make"
+                    )
+                held[d] = from_peer_shape(shape)
+        return held
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "engine": self.name,
+            "ok": True,
+            "fail_mode": self.fail_mode,
+            "interfaces": [f"{ns}:{ifn}" for ns, ifn in self._egress],
+            "processes": [],
+        }
+
+    def close(self) -> None:
+        for eg in self._egress.values():
+            try:
+                eg.clear()
+            except Exception as e:  # noqa: BLE001 - close removes what it can
+                log.warning("%r: could not clear: %s", eg, e)
+        self._egress.clear()
+        self._forget()
