@@ -49,8 +49,12 @@ def _run(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     return out
 
 
+def chain_exists(netns: str) -> bool:
+    return _run(netns, "-S", CHAIN, check=False).returncode == 0
+
+
 def ensure_chain(netns: str) -> None:
-    if _run(netns, "-S", CHAIN, check=False).returncode != 0:
+    if not chain_exists(netns):
         _run(netns, "-N", CHAIN)
     if _run(netns, "-C", "PREROUTING", "-j", CHAIN, check=False).returncode != 0:
         _run(netns, "-I", "PREROUTING", "1", "-j", CHAIN)

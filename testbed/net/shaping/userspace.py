@@ -77,7 +77,7 @@ class DelayLineProcess:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return same_process(self.pid, self.start_time)
+        return same_process(self.pid, self.start_time) and not _zombie(self.pid)
 
     def request(self, req: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
         try:
@@ -105,6 +105,14 @@ class DelayLineProcess:
             return self.log_path.read_text()[-n:]
         except OSError:
             return ""
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped (its parent is another engine object of this process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class UserspaceEngine(ShapingEngine):
