@@ -1,0 +1,121 @@
+"""The real SPICE client on a real lab: remote-viewer connects, the screen is sampled, all ends.
+
+One lab for the whole module (about 20 s): guest `vm` on src, remote-viewer on
+the client host's Xvfb, a screenshot, the display watcher, then teardown, after
+which no process that lived in the lab's namespaces may be left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from testbed.errors import LabError
+from testbed.hosts.ledger import process_start_time, same_process
+from testbed.hosts.procs import pids_in_netns
+from testbed.lab.guests import start_guest
+from testbed.lab.lab import Lab
+from testbed.model.topology import load_topology
+from testbed.spice.classifier import classify
+from testbed.spice.client import SpiceClient, guest_display
+from testbed.spice.screen import DisplayWatcher, screenshot
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
+TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "local.yaml"
+IDLE_S = 4.0
+
+
+def _needs() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, libvirtd)")
+    for tool in ("remote-viewer", "Xvfb", "libvirtd", "identify"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            pytest.skip(f"{tool} is not installed (make setup)")
+
+
+def _lab_processes(lab: Lab) -> dict[int, tuple[int | None, str]]:
+    """Every process living in one of the lab's namespaces: pid -> (start time, command)."""
+    out: dict[int, tuple[int | None, str]] = {}
+    for ns in [lab.bridge_netns, *(lab.netns_of(h) for h in lab.topology.hosts)]:
+        for pid in pids_in_netns(ns):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out[pid] = (process_start_time(pid), cmd.strip())
+    return out
+
+
+def test_client_connects_sees_the_guest_and_leaves_nothing(tmp_path: Path) -> None:
+    _needs()
+    lab = Lab.up(load_topology(str(TOPOLOGY)))
+    procs: dict[int, tuple[int | None, str]] = {}
+    try:
+        with pytest.raises(LabError, match="not running"):
+            guest_display(lab, "vm")
+        start_guest(lab, "vm", fill_mib=8)
+        where = guest_display(lab, "vm")
+        assert (where.host, where.address) == ("src", lab.address("src", "display"))
+        assert where.uri == f"spice://{where.address}:{where.port}"
+
+        client = SpiceClient(lab, tmp_path)
+        watcher = DisplayWatcher(
+            lab.hosts["client"], lab.display("client"), tmp_path / "display.txt", ledger=lab.ledger
+        )
+        client.connect_guest("vm")
+        assert client.connect_t is not None and client.connect_wall is not None
+        took = client.wait_connected(30)
+        assert 0 < took < 30
+        assert client.connected()
+        win = client.window()
+        assert win is not None and win.width > 300 and win.height > 200
+
+        watcher.start()
+        watcher.wait_started()
+        t0 = time.monotonic()
+        time.sleep(IDLE_S)
+        t1 = time.monotonic()
+        shot = screenshot(lab.hosts["client"], lab.display("client"), tmp_path / "screen.png")
+
+        # the guest repaints in a new colour at 25 Hz: the sampled square changes that often
+        gap = watcher.longest_gap_ms((t0, t1))
+        rate = watcher.rate_hz((t0, t1))
+        print(f"connected in {took:.2f} s; idle: {rate:.1f} changes/s, longest gap {gap} ms")
+        assert gap is not None and gap < 500
+        assert rate > 10
+
+        assert shot.stat().st_size > 2000
+        ident = subprocess.run(
+            ["identify", "-format", "%w %h %k", str(shot)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        w, h, colours = (int(x) for x in ident.stdout.split())
+        assert (w, h) == (1280, 800)
+        assert colours > 3  # black root, the viewer's chrome, the guest's colour
+
+        procs = _lab_processes(lab)
+        assert client.pid in procs and watcher.pid in procs
+        assert any("qemu-system" in c for _, c in procs.values())
+
+        watcher.stop()
+        client.stop()
+        assert not client.running()
+        assert client.pid is not None and not same_process(client.pid, procs[client.pid][0])
+        c = classify(client.log_text())
+        assert (c.outcome, c.usbredir) == ("no-migration", "kept"), c.reason
+    finally:
+        procs.update(_lab_processes(lab))
+        lab.down()
+
+    left = {pid: cmd for pid, (st, cmd) in procs.items() if same_process(pid, st)}
+    assert not left, f"processes of lab {lab.id} left: {left}"
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"tb-{lab.id}-" not in names
+    assert not lab.dir.exists()
