@@ -1,6 +1,6 @@
 """The real SPICE client on a real lab: remote-viewer connects, the screen is sampled, all ends.
 
-One lab for the whole module (about 20 s): guest `vm` on src, remote-viewer on
+The lab test (about 15 s): guest `vm` on src, remote-viewer on
 the client host's Xvfb, a screenshot, the display watcher, then teardown, after
 which no process that lived in the lab's namespaces may be left.
 """
@@ -21,13 +21,46 @@ from testbed.hosts.procs import pids_in_netns
 from testbed.lab.guests import start_guest
 from testbed.lab.lab import Lab
 from testbed.model.topology import load_topology
-from testbed.spice.classifier import classify
-from testbed.spice.client import SpiceClient, guest_display
+from testbed.spice.classifier import classify, read_log
+from testbed.spice.client import LogState, SpiceClient, guest_display
 from testbed.spice.screen import DisplayWatcher, screenshot
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(180)]
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "local.yaml"
 IDLE_S = 4.0
+
+
+DATA = Path(__file__).parent / "data" / "spice"
+
+
+@pytest.mark.parametrize(
+    "name, down_at, final",
+    [
+        ("switch-host", "main channel: switching host", True),
+        ("lost-unreachable", "main channel: switching host", False),
+        ("seamless", None, True),
+    ],
+)
+def test_log_state_follows_a_growing_log(
+    tmp_path: Path, name: str, down_at: str | None, final: bool
+) -> None:
+    """Fed a recorded log in pieces (cut mid-line too), the state tracks the main channel."""
+    text = read_log(DATA / f"{name}.log.gz").encode()
+    log = tmp_path / "client.log"
+    log.write_bytes(b"")
+    st = LogState(log)
+    seen_up = seen_down_after_up = False
+    step = 4099  # not a line boundary
+    with open(log, "ab") as f:
+        for i in range(0, len(text), step):
+            f.write(text[i : i + step])
+            f.flush()
+            st.update()
+            up = st.main and st.display
+            seen_down_after_up |= seen_up and not up
+            seen_up |= up
+    assert seen_up
+    assert seen_down_after_up is (down_at is not None)
+    assert (st.main and st.display) is final
 
 
 def _needs() -> None:
@@ -51,6 +84,8 @@ def _lab_processes(lab: Lab) -> dict[int, tuple[int | None, str]]:
     return out
 
 
+@pytest.mark.lab
+@pytest.mark.timeout(180)
 def test_client_connects_sees_the_guest_and_leaves_nothing(tmp_path: Path) -> None:
     _needs()
     lab = Lab.up(load_topology(str(TOPOLOGY)))

@@ -29,7 +29,49 @@ from testbed.spice.screen import Window, list_windows, viewer_window
 
 log = logging.getLogger(__name__)
 
-CHANNEL_UP = re.compile(r"\b(main|display)-\d+:\d+: channel up\b")
+# virt-viewer's main-channel events, and spice-gtk's "display channel ready" (state 3)
+MAIN_OPENED = "main channel: opened"
+MAIN_GONE = (
+    "main channel: closed",
+    "main channel: failed to connect",
+    "main channel: switching host",
+)
+DISPLAY_UP = re.compile(r"\bdisplay-\d+:\d+: channel up, state 3\b")
+
+
+class LogState:
+    """Follows a growing client log: is the main channel open and a display channel up now?
+
+    Reads only what was appended since the last call, so polling stays cheap
+    while spice-gtk writes a line per decoded frame.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.main = self.display = False
+        self._offset = 0
+        self._partial = b""
+
+    def update(self) -> LogState:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return self
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            if MAIN_OPENED in line:
+                self.main = True
+            elif any(g in line for g in MAIN_GONE):
+                self.main = self.display = False
+            elif self.main and DISPLAY_UP.search(line):
+                self.display = True
+        return self
 
 
 @dataclass(frozen=True)
@@ -112,6 +154,7 @@ class SpiceClient:
         self.stop_t: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._n = 0
+        self._state = LogState(self.log_path)
 
     def _env(self) -> dict[str, str]:
         home = self.host.state_dir / "home"
@@ -135,6 +178,7 @@ class SpiceClient:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.connected_t = self.stop_t = None
+        self._state = LogState(self.log_path)
         out = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         try:
             self.connect_t, self.connect_wall = time.monotonic(), time.time()
@@ -169,14 +213,15 @@ class SpiceClient:
             return ""
 
     def channels_up(self) -> set[str]:
-        """Kinds of channel (main, display) the log shows up at least once."""
-        return {m.group(1) for m in CHANNEL_UP.finditer(self.log_text())}
+        """Kinds of channel (main, display) the log shows up now."""
+        st = self._state.update()
+        return {k for k, up in (("main", st.main), ("display", st.display)) if up}
 
     def window(self) -> Window | None:
         return viewer_window(list_windows(self.host, self.display))
 
     def connected(self) -> bool:
-        """The log shows main and display channels up and the viewer's window is on screen."""
+        """The log shows main and display channels up now and the viewer's window is shown."""
         if not self.running() or self.channels_up() != {"main", "display"}:
             return False
         if self.window() is None:
