@@ -23,7 +23,7 @@ from testbed.lab.lab import Lab
 from testbed.model.topology import load_topology
 from testbed.spice.classifier import classify, read_log
 from testbed.spice.client import LogState, SpiceClient, guest_display
-from testbed.spice.screen import DisplayWatcher, screenshot
+from testbed.spice.screen import DisplayWatcher, longest_gap, screenshot
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "local.yaml"
 IDLE_S = 4.0
@@ -61,6 +61,18 @@ def test_log_state_follows_a_growing_log(
     assert seen_up
     assert seen_down_after_up is (down_at is not None)
     assert (st.main and st.display) is final
+
+
+def test_longest_gap_is_clipped_to_the_window_and_to_sampling() -> None:
+    changes = [10.0 + 0.04 * i for i in range(50)] + [13.0, 13.04]  # frozen 11.96 -> 13.0
+    sampling = (9.0, 500, 14.0)
+    g = longest_gap(changes, (10.0, 14.0), sampling)
+    assert g is not None and (round(g.start, 2), round(g.end, 2)) == (11.96, 13.0)
+    # a window reaching past the sampling is cut to it: 13.04 -> 14.0, not to 20.0
+    g2 = longest_gap(changes, (12.5, 20.0), sampling)
+    assert g2 is not None and round(g2.ms) == 960
+    assert longest_gap(changes, (15.0, 16.0), sampling) is None
+    assert longest_gap([], None, (None, 0, None)) is None
 
 
 def _needs() -> None:
