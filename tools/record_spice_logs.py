@@ -21,8 +21,9 @@ Scenarios:
                   display address are rejected (iptables in the client's
                   namespace) for the whole run: pre-connect fails, switch-host
                   at the end cannot reach the destination
-  semi-seamless   as seamless, but the guest's QEMU runs with SPICE_DEBUG_ALLOW_MC=1,
-                  which makes spice-server offer only semi-seamless migration
+  semi-seamless   as seamless, but the guest's QEMU runs with SPICE_DEBUG_ALLOW_MC=1
+                  (a qemu:env in the domain XML, set by this script only): the
+                  destination then answers migrate-dst-seamless-nack
   failed-preconnect client connected before; the destination is rejected only
                   until the pre-connect failed, then reachable again: fallback
                   to switch-host that succeeds
@@ -154,7 +155,8 @@ def scenario_switch_host(r: Run, bw: int) -> None:
 
 def scenario_semi_seamless(r: Run, bw: int) -> None:
     # spice-server turns seamless migration off when it allows several clients
-    # (reds.cpp: seamless_migration_enabled = enable && !allow_multiple_clients)
+    # (seamless_migration_enabled = enable && !allow_multiple_clients); seen here:
+    # the source still offers seamless, the destination nacks it
     restart_with_qemu_env(r.lab, GUEST, {"SPICE_DEBUG_ALLOW_MC": "1"})
     r.mark("guest_restarted_allow_mc")
     scenario_seamless(r, bw)
