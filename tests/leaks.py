@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, netns
 
+from testbed.lab.state import ID_CLAIMS
+
 WATCHED = ("libvirtd", "qemu-system-x86", "Xvfb", "remote-viewer", "iperf3", "delayline")
 
 
@@ -59,6 +61,10 @@ def root_listeners() -> frozenset[str]:
     return frozenset(out)
 
 
+def _id_claims() -> frozenset[str]:
+    return frozenset(p.name for p in ID_CLAIMS.iterdir()) if ID_CLAIMS.exists() else frozenset()
+
+
 def _iptables_rules() -> int:
     try:
         res = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=20)
@@ -76,6 +82,7 @@ class Snapshot:
     iptables_rules: int
     state_files: frozenset[str]
     listeners: frozenset[str]
+    id_claims: frozenset[str]
 
     @classmethod
     def take(cls, state_root: Path) -> Snapshot:
@@ -95,7 +102,15 @@ class Snapshot:
     def leaks_since(self, before: Snapshot) -> dict[str, object]:
         """Everything present now that was not before (empty dict: nothing leaked)."""
         out: dict[str, object] = {}
-        for name in ("namespaces", "processes", "links", "mounts", "state_files", "listeners"):
+        for name in (
+            "namespaces",
+            "processes",
+            "links",
+            "mounts",
+            "state_files",
+            "listeners",
+            "id_claims",
+        ):
             new = getattr(self, name) - getattr(before, name)
             if new:
                 out[name] = sorted(new)

@@ -20,9 +20,10 @@ from testbed.hosts.ledger import process_start_time, same_process
 from testbed.hosts.procs import pids_in_netns
 from testbed.lab.guests import start_guest
 from testbed.lab.lab import Lab
+from testbed.lab.spice import guest_display, spice_client
 from testbed.model.topology import load_topology
 from testbed.spice.classifier import classify, read_log
-from testbed.spice.client import LogState, SpiceClient, guest_display
+from testbed.spice.client import LogState
 from testbed.spice.screen import DisplayWatcher, longest_gap, screenshot
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "topologies" / "local.yaml"
@@ -110,11 +111,11 @@ def test_client_connects_sees_the_guest_and_leaves_nothing(tmp_path: Path) -> No
         assert (where.host, where.address) == ("src", lab.address("src", "display"))
         assert where.uri == f"spice://{where.address}:{where.port}"
 
-        client = SpiceClient(lab, tmp_path)
+        client = spice_client(lab, tmp_path)
         watcher = DisplayWatcher(
             lab.hosts["client"], lab.display("client"), tmp_path / "display.txt", ledger=lab.ledger
         )
-        client.connect_guest("vm")
+        client.connect(guest_display(lab, "vm").uri)
         assert client.connect_t is not None and client.connect_wall is not None
         took = client.wait_connected(30)
         assert 0 < took < 30

@@ -50,9 +50,9 @@ import libvirt
 
 from testbed.lab.guests import finish_migration, location, migration_for, serial_path, start_guest
 from testbed.lab.lab import Lab
+from testbed.lab.spice import guest_display, spice_client
 from testbed.model.topology import load_topology
 from testbed.spice.classifier import classify, read_log
-from testbed.spice.client import SpiceClient
 from testbed.spice.events import GraphicsEventLog
 from testbed.spice.screen import DisplayWatcher, screenshot
 from testbed.virt.accel import READY_MARKER
@@ -73,7 +73,7 @@ class Run:
         self.events = GraphicsEventLog(lab.domain_name(GUEST))
         for h in (SRC, DST):
             self.events.watch(h, lab.conn(h))
-        self.client = SpiceClient(lab, work, client=CLIENT)
+        self.client = spice_client(lab, work, client=CLIENT)
         self.watcher = DisplayWatcher(
             lab.hosts[CLIENT], lab.display(CLIENT), work / "display.txt", ledger=lab.ledger
         )
@@ -89,7 +89,8 @@ class Run:
 
     def connect(self) -> None:
         self.mark("client_connect")
-        where = self.client.connect_guest(GUEST)
+        where = guest_display(self.lab, GUEST)
+        self.client.connect(where.uri)
         self.where = {"uri": where.uri, "host": where.host}
         self.client.wait_connected(30)
         self.mark("client_connected")

@@ -156,7 +156,7 @@ def down(target: str | None, everything: bool) -> None:
         for r in labs:
             teardown(r)
             removed.append(r.id)
-        strays = sweep_strays(set())
+        strays = sweep_strays()
         out.print(
             f"removed {len(removed)} lab(s) {' '.join(removed)}"
             + (f" and {len(strays)} stray namespace(s)" if strays else "")

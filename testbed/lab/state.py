@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.errors import TestbedError
 from testbed.hosts.ledger import Ledger, process_start_time, same_process
 
 ID_LEN = 4
+# Lab ids are claimed machine-wide (whatever TESTBED_STATE says), so two labs never share
+# namespace names, and a sweep for strays never takes another state root's lab for one.
+ID_CLAIMS = Path("/run/testbed-ids")
 
 
 def state_root() -> Path:
@@ -28,17 +32,35 @@ def labs_dir() -> Path:
 
 
 def new_lab_dir(lab_id: str | None = None) -> tuple[str, Path]:
-    """Claim a fresh lab id (mkdir is the atomic claim)."""
+    """Claim a fresh lab id machine-wide (a symlink is the atomic claim) and its directory."""
+    ID_CLAIMS.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
         lid = lab_id or secrets.token_hex(ID_LEN // 2)
         d = labs_dir() / lid
         try:
-            d.mkdir(parents=True)  # parents too: a teardown may have just removed labs/
-            return lid, d
+            os.symlink(d, ID_CLAIMS / lid)
         except FileExistsError:
             if lab_id:
-                raise
+                raise TestbedError(f"lab id {lab_id} is taken (see `testbed status`)") from None
+            continue
+        d.mkdir(parents=True)  # parents too: a teardown may have just removed labs/
+        return lid, d
     raise RuntimeError("no free lab id")
+
+
+def claimed(lab_id: str) -> bool:
+    """True when a live lab directory, in any state root, holds this id."""
+    link = ID_CLAIMS / lab_id
+    return link.is_symlink() and Path(os.readlink(link)).is_dir()
+
+
+def release_claim(lab_id: str, lab_dir: Path) -> None:
+    link = ID_CLAIMS / lab_id
+    try:
+        if Path(os.readlink(link)) == lab_dir:
+            link.unlink()
+    except OSError:
+        pass
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 from pyroute2 import netns
 
 from testbed.hosts.procs import stop_netns_processes, stop_recorded
-from testbed.lab.state import LabRecord
+from testbed.lab.state import LabRecord, claimed, release_claim
 from testbed.net.links import remove_netns
 from testbed.virt.domain import destroy_by_name
 
@@ -50,6 +50,7 @@ def teardown(lab: LabRecord) -> list[str]:
                 p.unlink(missing_ok=True)
             done.append(f"{e.kind} {p}")
     shutil.rmtree(lab.dir, ignore_errors=True)
+    release_claim(lab.id, lab.dir)
     for parent in (lab.dir.parent, lab.dir.parent.parent):  # labs/, then the state root
         try:
             parent.rmdir()
@@ -58,11 +59,11 @@ def teardown(lab: LabRecord) -> list[str]:
     return done
 
 
-def sweep_strays(known_ids: set[str]) -> list[str]:
-    """Remove lab-named namespaces that no lab state directory claims."""
+def sweep_strays() -> list[str]:
+    """Remove lab-named namespaces whose lab id no live lab directory claims (any state root)."""
     done = []
     for name in netns.listnetns():
-        if NETNS_RE.match(name) and name.split("-")[1] not in known_ids:
+        if NETNS_RE.match(name) and not claimed(name.split("-")[1]):
             stop_netns_processes(name)
             remove_netns(name)
             done.append(f"netns {name}")

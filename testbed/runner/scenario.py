@@ -23,6 +23,7 @@ from testbed.errors import LabError, TestbedError
 from testbed.lab.guests import finish_migration, migration_for, start_guest
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
+from testbed.lab.spice import guest_display, spice_client
 from testbed.model.playbook import (
     ConnectClientStep,
     ExpectStep,
@@ -40,7 +41,7 @@ from testbed.runner.result import ScenarioResult
 from testbed.runner.timeline import Timeline
 from testbed.runner.verdict import judge
 from testbed.spice.classifier import classify
-from testbed.spice.client import SpiceClient, guest_display
+from testbed.spice.client import SpiceClient
 from testbed.spice.events import GraphicsEventLog
 from testbed.spice.guard import GuardConfig, SpiceGuard
 from testbed.spice.screen import DisplayWatcher, screenshot
@@ -174,7 +175,7 @@ class ScenarioRun:
     def _connect(self, s: ConnectClientStep) -> None:
         assert self.lab
         if self.client is None:
-            self.client = SpiceClient(self.lab, self.dir, client=s.client)
+            self.client = spice_client(self.lab, self.dir, client=s.client)
         where = guest_display(self.lab, s.guest)
         self.client.connect(where.uri)
         self.client_guest = s.guest

@@ -3,9 +3,8 @@
 remote-viewer runs inside the client's network namespace (so it reaches the
 guest only over the lab's display network) with `SPICE_DEBUG=1 --debug`;
 its stdout and stderr go to one log file, which the classifier reads. The
-client can be started at any moment (before, during or after a migration):
-`guest_display` finds where the guest's display is now from the running
-domain's live XML.
+client can be started at any moment (before, during or after a migration);
+the lab layer's `guest_display` says where the guest's display is now.
 """
 
 from __future__ import annotations
@@ -15,16 +14,13 @@ import os
 import re
 import subprocess
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
-
 from testbed.errors import LabError
+from testbed.hosts.base import Host
+from testbed.hosts.display import XDisplay
+from testbed.hosts.ledger import Ledger
 from testbed.hosts.procs import alive, stop_pids
-from testbed.lab.guests import location
-from testbed.lab.lab import Lab
 from testbed.spice.screen import Window, list_windows, viewer_window
 
 log = logging.getLogger(__name__)
@@ -74,55 +70,6 @@ class LogState:
         return self
 
 
-@dataclass(frozen=True)
-class GuestDisplay:
-    """Where a guest's SPICE display listens now."""
-
-    host: str
-    address: str
-    port: int
-
-    @property
-    def uri(self) -> str:
-        return f"spice://{self.address}:{self.port}"
-
-
-def _running_on(lab: Lab, host: str, domain: str) -> libvirt.virDomain | None:
-    try:
-        dom = lab.conn(host).lookupByName(domain)
-    except libvirt.libvirtError:
-        return None
-    state, _reason = dom.state()
-    return dom if state == libvirt.VIR_DOMAIN_RUNNING else None
-
-
-def guest_display(lab: Lab, guest: str) -> GuestDisplay:
-    """The SPICE address and port of `guest` on the hypervisor where it runs now.
-
-    During a migration the destination holds a paused copy; the running one
-    (the source, until the switchover) is the one a client should reach.
-    """
-    domain = lab.domain_name(guest)
-    try:
-        first = [location(lab, guest)]
-    except LabError:
-        first = []
-    for host in [*first, *(h for h in lab.topology.hypervisors() if h not in first)]:
-        dom = _running_on(lab, host, domain)
-        if dom is None:
-            continue
-        g = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='spice']")
-        if g is None:
-            raise LabError(f"guest {guest} on {host} has no SPICE display")
-        port = int(g.get("port", "-1"))
-        listen = g.find("listen")
-        addr = g.get("listen") or (listen.get("address") if listen is not None else None)
-        if port <= 0 or not addr:
-            raise LabError(f"guest {guest} on {host}: SPICE has no port or address yet ({port})")
-        return GuestDisplay(host, addr, port)
-    raise LabError(f"guest {guest} is not running on any hypervisor of lab {lab.id}")
-
-
 class SpiceClient:
     """One remote-viewer process on the lab's client host.
 
@@ -132,16 +79,17 @@ class SpiceClient:
 
     def __init__(
         self,
-        lab: Lab,
+        host: Host,
+        display: XDisplay,
+        ledger: Ledger,
         out_dir: Path,
         *,
-        client: str = "client",
         name: str = "remote-viewer",
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.lab = lab
-        self.host = lab.hosts[client]
-        self.display = lab.display(client)
+        self.host = host
+        self.display = display
+        self.ledger = ledger
         self.out_dir = out_dir
         self.name = name
         self.extra_args = extra_args
@@ -191,16 +139,10 @@ class SpiceClient:
         finally:
             out.close()
         self.pid = self._proc.pid
-        self.lab.ledger.record_process(
+        self.ledger.record_process(
             "process", self.pid, name=self.name, netns=getattr(self.host, "netns", None)
         )
         log.info("%s (pid %s) connecting to %s, log %s", self.name, self.pid, uri, self.log_path)
-
-    def connect_guest(self, guest: str) -> GuestDisplay:
-        """Connect to `guest` wherever its display is now."""
-        where = guest_display(self.lab, guest)
-        self.connect(where.uri)
-        return where
 
     # -- state ------------------------------------------------------------------------
     def running(self) -> bool:

@@ -1,0 +1,72 @@
+"""The lab's SPICE side: where a guest's display is now, and a client on a client host.
+
+The spice layer knows nothing of labs; this is where a lab's hosts, displays
+and ledger are handed to it.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from testbed.errors import LabError
+from testbed.lab.guests import location
+from testbed.lab.lab import Lab
+from testbed.spice.client import SpiceClient
+
+
+def spice_client(lab: Lab, out_dir: Path, *, client: str = "client", **kw: object) -> SpiceClient:
+    """A remote-viewer on `client`'s X display, recorded in the lab's ledger."""
+    return SpiceClient(lab.hosts[client], lab.display(client), lab.ledger, out_dir, **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class GuestDisplay:
+    """Where a guest's SPICE display listens now."""
+
+    host: str
+    address: str
+    port: int
+
+    @property
+    def uri(self) -> str:
+        return f"spice://{self.address}:{self.port}"
+
+
+def _running_on(lab: Lab, host: str, domain: str) -> libvirt.virDomain | None:
+    try:
+        dom = lab.conn(host).lookupByName(domain)
+    except libvirt.libvirtError:
+        return None
+    state, _reason = dom.state()
+    return dom if state == libvirt.VIR_DOMAIN_RUNNING else None
+
+
+def guest_display(lab: Lab, guest: str) -> GuestDisplay:
+    """The SPICE address and port of `guest` on the hypervisor where it runs now.
+
+    During a migration the destination holds a paused copy; the running one
+    (the source, until the switchover) is the one a client should reach.
+    """
+    domain = lab.domain_name(guest)
+    try:
+        first = [location(lab, guest)]
+    except LabError:
+        first = []
+    for host in [*first, *(h for h in lab.topology.hypervisors() if h not in first)]:
+        dom = _running_on(lab, host, domain)
+        if dom is None:
+            continue
+        g = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='spice']")
+        if g is None:
+            raise LabError(f"guest {guest} on {host} has no SPICE display")
+        port = int(g.get("port", "-1"))
+        listen = g.find("listen")
+        addr = g.get("listen") or (listen.get("address") if listen is not None else None)
+        if port <= 0 or not addr:
+            raise LabError(f"guest {guest} on {host}: SPICE has no port or address yet ({port})")
+        return GuestDisplay(host, addr, port)
+    raise LabError(f"guest {guest} is not running on any hypervisor of lab {lab.id}")
