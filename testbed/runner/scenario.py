@@ -40,7 +40,7 @@ from testbed.model.topology import Topology
 from testbed.runner.result import ScenarioResult
 from testbed.runner.timeline import Timeline
 from testbed.runner.verdict import judge
-from testbed.spice.classifier import classify
+from testbed.spice.classifier import Classification, classify
 from testbed.spice.client import SpiceClient
 from testbed.spice.events import GraphicsEventLog
 from testbed.spice.guard import GuardConfig, SpiceGuard
@@ -49,7 +49,8 @@ from testbed.virt.migration import Migration
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-SETTLE_S = 6.0  # after the switchover, time for a switch-host client to reconnect
+SETTLE_S = 6.0  # after the switchover, at least this long before judging
+SETTLE_MAX_S = 45.0  # ... and at most this long for a slow client to conclude
 UNRESPONSIVE_WINDOW_S = (5.0, SETTLE_S)  # before / after the switchover
 
 
@@ -234,6 +235,9 @@ class ScenarioRun:
             bandwidth_mib=s.bandwidth_mib,
             guard=s.guard,
         )
+        if self.client and self.client.connect_t is not None:  # connected before the start
+            self.result.client.connected_at_s = round(self.client.connect_t - time.monotonic(), 3)
+            self.result.client.connected_at_progress = 0.0
         if self.guard:
             self.guard.start()
         self._monitor = threading.Thread(
@@ -355,9 +359,8 @@ class ScenarioRun:
         self.say("client settling")
         if self.migration_end is not None:
             time.sleep(max(0.0, self.migration_end + SETTLE_S - time.monotonic()))
+        c = self._settled_classification()
         self._screenshot("after")
-        events = self.events.events() if self.events else None
-        c = classify(self.client.log_text(), events)
         self.result.outcome = c.outcome
         self.result.client.usbredir = c.usbredir
         self.result.evidence = [
@@ -371,6 +374,21 @@ class ScenarioRun:
             gap = self.watcher.longest_gap_ms((start, self.migration_end + after))
             self.result.client.unresponsive_ms = None if gap is None else round(gap, 1)
         self.timeline.add("outcome", outcome=c.outcome, usbredir=c.usbredir, reason=c.reason)
+
+    def _settled_classification(self) -> Classification:
+        """Classify once the client has finished what the switchover set off.
+
+        A switch-host client over a slow link needs seconds to reconnect; until its log
+        shows the episode concluded, wait (up to SETTLE_MAX_S after the switchover).
+        """
+        assert self.client
+        end = (self.migration_end or time.monotonic()) + SETTLE_MAX_S
+        while True:
+            events = self.events.events() if self.events else None
+            c = classify(self.client.log_text(), events)
+            if (c.complete and c.outcome != "lost") or time.monotonic() > end:
+                return c
+            time.sleep(0.5)
 
     def _collect_and_tear_down(self) -> None:
         for what, closer in (

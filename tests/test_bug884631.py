@@ -1,0 +1,113 @@
+"""Bug 884631 end to end on the local lab: both cases reproduce with the fix off and are
+fixed with spice_guard on; the baseline is seamless. Real libvirtd, QEMU, remote-viewer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from leaks import Snapshot
+
+from testbed.model.playbook import load_playbook
+from testbed.model.topology import load_topology
+from testbed.runner.run import run_playbook
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def bug_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bug-884631")
+    run_playbook(
+        load_playbook(REPO / "playbooks" / "bug-884631.yaml"),
+        load_topology(REPO / "topologies" / "local.yaml"),
+        out,
+    )
+    return json.loads((out / "result.json").read_text())
+
+
+def scenario(run: dict, name: str) -> dict:
+    return next(s for s in run["scenarios"] if s["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("name", "outcome", "usbredir", "guarded"),
+    [
+        ("late-client/fix-off", "switch-host", "reconnected", False),
+        ("late-client/fix-on", "seamless", "migrated", True),
+        ("slow-dst/fix-off", "switch-host", "reconnected", False),
+        ("slow-dst/fix-on", "seamless", "migrated", True),
+    ],
+)
+def test_outcome_and_usb_channel(
+    needs_root: None, bug_run: dict, name: str, outcome: str, usbredir: str, guarded: bool
+) -> None:
+    s = scenario(bug_run, name)
+    assert s["error"] is None, s["error"]
+    assert (s["outcome"], s["client"]["usbredir"]) == (outcome, usbredir), s["evidence"]
+    assert s["passed"], s["failures"]
+    assert s["migration"]["duration_s"] > 0 and s["migration"]["bytes"] > 0
+    assert s["client"]["unresponsive_ms"] is not None
+    if guarded:
+        actions = [a["action"] for a in s["guard"]["actions"]]
+        assert s["guard"]["result"] == "released", s["guard"]
+        assert "hold" in actions and "release" in actions
+    else:
+        assert s["guard"] is None
+    for kind in ("client_log", "screenshot_before", "screenshot_after", "logs"):
+        assert Path(s["artifacts"][kind]).exists(), kind
+
+
+def test_case1_client_connected_during_migration(needs_root: None, bug_run: dict) -> None:
+    for name in ("late-client/fix-off", "late-client/fix-on"):
+        c = scenario(bug_run, name)["client"]
+        assert c["connected_at_s"] > 0 and c["connected_at_progress"] >= 30
+    cmi = [
+        a
+        for a in scenario(bug_run, "late-client/fix-on")["guard"]["actions"]
+        if a["action"] == "client_migrate_info"
+    ]
+    assert cmi and cmi[0]["ok"], "the guard must resend client_migrate_info to a late client"
+
+
+def test_case2_link_to_destination_was_slow(needs_root: None, bug_run: dict) -> None:
+    s = scenario(bug_run, "slow-dst/fix-off")
+    assert s["client"]["connected_at_s"] < 0  # connected before the migration
+    shaped = [row for row in s["links"] if (row["src"], row["dst"]) == ("client", "dst")]
+    assert shaped and "1s" in shaped[0]["installed"].replace("1000ms", "1s")
+
+
+def test_result_json_holds_the_contract(bug_run: dict) -> None:
+    assert {"playbook", "topology", "started", "scenarios"} <= bug_run.keys()
+    for s in bug_run["scenarios"]:
+        assert {
+            "name",
+            "params",
+            "expected",
+            "outcome",
+            "passed",
+            "migration",
+            "client",
+            "guard",
+            "artifacts",
+        } <= s.keys()
+        assert {"duration_s", "downtime_ms", "bytes"} <= s["migration"].keys()
+        assert {"connected_at_s", "connected_at_progress", "unresponsive_ms", "usbredir"} <= s[
+            "client"
+        ].keys()
+
+
+def test_baseline_is_seamless_and_leaves_nothing(
+    needs_root: None, state_root: Path, tmp_path: Path
+) -> None:
+    before = Snapshot.take(state_root)
+    run = run_playbook(
+        load_playbook(REPO / "playbooks" / "seamless-baseline.yaml"),
+        load_topology(REPO / "topologies" / "local.yaml"),
+        tmp_path,
+    )
+    s = run.scenarios[0]
+    assert (s.outcome, s.client.usbredir, s.passed) == ("seamless", "migrated", True), s.failures
+    assert Snapshot.take(state_root).leaks_since(before) == {}
