@@ -17,13 +17,13 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from testbed.errors import CapabilityMissing
-from testbed.model.profile import LinkProfile
+from testbed.model.profile import LIMIT_FLOOR, LinkProfile
 from testbed.net.shaping import distributions
 from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import differences
 from testbed.net.shaping.detect import netem_available
-from testbed.net.shaping.egress import ROOT_MAJOR, UNSHAPED_RATE_BIT, Egress, PeerShape, Pfifo
-from testbed.net.shaping.kernel import from_peer_shape, to_peer_shape
+from testbed.net.shaping.egress import ROOT_MAJOR, UNSHAPED_RATE_BIT, Egress, Pfifo, Tbf
+from testbed.net.shaping.kernel import from_leaf, to_leaf
 
 U32_MAX = 2**32 - 1
 # linux/pkt_sched.h
@@ -136,16 +136,41 @@ PROFILES = [
 ]
 
 
+def _through_bytes(netem: nl.NetemParams) -> nl.NetemParams:
+    msg = nl.netem_qdisc(1, nl.handle(0x10), nl.handle(ROOT_MAJOR, 0x10), netem)
+    return nl.netem_params(nl.decode(nl.encode(msg)))
+
+
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.to_spec())
 def test_read_back_conversion(profile: LinkProfile) -> None:
     """profile -> kernel objects -> bytes -> decoded objects -> profile: no difference."""
-    shape = to_peer_shape(profile)
-    if isinstance(shape.leaf, nl.NetemParams):
-        msg = nl.netem_qdisc(1, nl.handle(0x10), nl.handle(ROOT_MAJOR, 0x10), shape.leaf)
-        shape = PeerShape(shape.rate_bit, nl.netem_params(nl.decode(nl.encode(msg))))
-    held = from_peer_shape(shape)
+    leaf = to_leaf(profile)
+    if isinstance(leaf, nl.NetemParams):
+        leaf = _through_bytes(leaf)
+    elif isinstance(leaf.child, nl.NetemParams):
+        msg = nl.tbf_qdisc(1, nl.handle(0x1010), nl.handle(ROOT_MAJOR, 0x10), leaf.rate_bit,
+                           6000, 1)  # fmt: skip
+        leaf = Tbf(nl.tbf_rate_bit(nl.decode(nl.encode(msg))), _through_bytes(leaf.child))
+    held = from_leaf(leaf)
     assert differences(profile, held) == []
     assert held.limit == profile.effective_limit()
+
+
+def test_rate_goes_to_a_tbf_above_the_netem() -> None:
+    leaf = to_leaf(LinkProfile(delay_ms=10, rate_bit=10**7))
+    assert isinstance(leaf, Tbf) and leaf.rate_bit == 10**7
+    assert isinstance(leaf.child, nl.NetemParams) and leaf.child.delay_ms == 10
+    assert to_leaf(LinkProfile(rate_bit=10**6)) == Tbf(10**6, Pfifo(LIMIT_FLOOR))
+    assert isinstance(to_leaf(LinkProfile(loss_pct=1)), nl.NetemParams)
+
+
+@pytest.mark.parametrize("rate", [8_000, 10**6, 10**8, 40 * 10**9])
+def test_tbf_round_trip(rate: int) -> None:
+    msg = nl.tbf_qdisc(2, nl.handle(0x1010), nl.handle(ROOT_MAJOR, 0x10), rate, 12_500, 64)
+    back = nl.decode(nl.encode(msg))
+    assert nl.tbf_rate_bit(back) == rate
+    assert nl.tbf_burst_bytes(back) == pytest.approx(12_500, rel=0.01)
+    assert back.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["limit"] == 64
 
 
 def test_distribution_tables_come_from_iproute2() -> None:
@@ -181,30 +206,31 @@ def veth():
         netns.remove(name)
 
 
-def test_htb_u32_apply_read_back_change_and_clear(veth: Egress) -> None:
+def test_htb_u32_tbf_apply_read_back_change_and_clear(veth: Egress) -> None:
     wanted = {
-        "198.18.1.2": PeerShape(10**7, Pfifo(100)),
-        "198.18.1.3": PeerShape(None, Pfifo(64)),
-        "198.18.1.4": PeerShape(512_000, Pfifo(64)),
+        "198.18.1.2": Tbf(10**7, Pfifo(100)),
+        "198.18.1.3": Tbf(512_000, Pfifo(64)),
+        "198.18.1.4": Tbf(10**9, Pfifo(64)),
     }
     veth.apply(wanted)
     assert veth.read() == wanted
     before = veth.read_state()
     assert before.ours and before.default_minor == 0xFFFF
-    assert before.classes[0xFFFF] == UNSHAPED_RATE_BIT
+    assert set(before.classes.values()) == {UNSHAPED_RATE_BIT}  # htb only classifies
 
     veth.apply(wanted)  # idempotent: nothing is re-made
     assert veth.read_state() == before
 
-    changed = {**wanted, "198.18.1.2": PeerShape(2 * 10**7, Pfifo(200))}
+    changed = {**wanted, "198.18.1.2": Tbf(2 * 10**7, Pfifo(200))}
     del changed["198.18.1.4"]
-    changed["198.18.1.9"] = PeerShape(10**6, Pfifo(64))
+    changed["198.18.1.9"] = Tbf(10**6, Pfifo(64))
     veth.apply(changed)
     after = veth.read_state()
     assert veth.read() == changed
     node = {m.dst: n for n, m in before.filters.items()}
     node_after = {m.dst: n for n, m in after.filters.items()}
     assert node_after["198.18.1.2"] == node["198.18.1.2"]  # changed in place, same class
+    assert after.leaves[node["198.18.1.2"]].handle == before.leaves[node["198.18.1.2"]].handle
     assert "198.18.1.4" not in node_after
 
     veth.clear()
@@ -215,13 +241,14 @@ def test_htb_u32_apply_read_back_change_and_clear(veth: Egress) -> None:
 def test_a_foreign_root_qdisc_is_replaced(veth: Egress) -> None:
     with IPRoute(netns=veth.netns, flags=0) as ipr:
         ipr.tc("add", "pfifo", ipr.link_lookup(ifname="eth0")[0], handle="9:", limit=5)
-    veth.apply({"198.18.1.2": PeerShape(10**7, Pfifo(64))})
-    assert veth.read() == {"198.18.1.2": PeerShape(10**7, Pfifo(64))}
+    veth.apply({"198.18.1.2": Tbf(10**7, Pfifo(64))})
+    assert veth.read() == {"198.18.1.2": Tbf(10**7, Pfifo(64))}
 
 
 def test_netem_on_a_kernel_without_it_is_a_clear_capability_error(veth: Egress) -> None:
     if netem_available():
         pytest.skip("this kernel has sch_netem")
-    with pytest.raises(CapabilityMissing, match="no netem qdisc") as e:
-        veth.apply({"198.18.1.2": to_peer_shape(LinkProfile(delay_ms=10))})
-    assert "userspace engine" in str(e.value)
+    for profile in (LinkProfile(delay_ms=10), LinkProfile(delay_ms=10, rate_bit=10**6)):
+        with pytest.raises(CapabilityMissing, match="no netem qdisc") as e:
+            veth.apply({"198.18.1.2": to_leaf(profile)})
+        assert "userspace engine" in str(e.value)

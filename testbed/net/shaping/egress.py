@@ -1,16 +1,28 @@
 """The sender's egress stack both engines share: root htb, one class per shaped peer.
 
-Layout on one interface (handles in tc notation)::
+Layout on one interface (handles in tc notation; N is the peer's class minor)::
 
-    7462: htb default ffff
-      7462:ffff  unshaped class (rate UNSHAPED_RATE_BIT, i.e. no limit in practice)
-      7462:N     one class per shaped peer (rate = ceil = the profile's rate)
-        N:       its leaf: netem (kernel engine) or pfifo with the profile's limit
-      u32 prio 1 handle 800::N  match ip dst PEER/32 -> 7462:N
+    7462: htb default ffff                 classifies only: every class runs unlimited
+      7462:ffff   unshaped traffic
+      7462:N      one class per shaped peer, picked by
+                  u32 prio 1 handle 800::N  match ip dst PEER/32 -> 7462:N
+        leaf, one of:
+        1N:  tbf rate R          the rate; cuts GSO packets into wire packets first
+          4N:    pfifo limit L      (rate only)
+          5N/6N: netem ...          (rate and delay, loss...: kernel engine)
+        2N/3N: netem ...         (no rate: kernel engine)
+
+The rate is a tbf, not the htb class, because tbf segments a 64 kB GSO packet into
+wire packets before queueing it: a queue limit of 64 packets then means 64 wire packets
+(at 1 Mbit/s an htb class with a pfifo of 64 GSO packets queued 1.8 s under TCP load).
+netem under tbf is tc-netem(8)'s own recipe for rate plus delay.
 
 `apply()` reconciles what the kernel holds with what is wanted, touching only what
-differs: a profile change is an in-place class/qdisc change, so a TCP flow through the
-link keeps its queue. `read()` dumps the same objects back. Only pyroute2 netlink, no tc.
+differs: a profile change is an in-place qdisc change, so a TCP flow keeps its queue.
+When a qdisc must be replaced by another (a kind change, or a netem whose distribution
+table must go) the new one takes the other handle of its pair and is grafted in one
+step: never a moment without a leaf. `read()` dumps the same objects back. Only
+pyroute2 netlink, no tc.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import (
@@ -55,9 +67,11 @@ ROOT_MAJOR = 0x7462  # "tb": tells our root htb from anything else on the interf
 DEFAULT_MINOR = 0xFFFF
 FIRST_MINOR, LAST_MINOR = 0x10, 0xFFE
 FILTER_PRIO = 1
-UNSHAPED_RATE_BIT = 100 * 10**9  # above LinkProfile.MAX_RATE_BIT, so it reads back as None
-BURST_SECONDS = 0.001  # htb burst: 1 ms at the class rate, at least a few full frames
-MIN_BURST_BYTES = 4 * 1514
+UNSHAPED_RATE_BIT = 100 * 10**9  # every class: above LinkProfile.MAX_RATE_BIT
+BURST_SECONDS = 0.001  # burst: 1 ms at the rate, and at least a few full frames
+MIN_BURST_FRAMES = 4
+# qdisc handle major = (slot << 12) | class minor
+TBF, NETEM, PFIFO_CHILD, NETEM_CHILD = (1,), (2, 3), (4,), (5, 6)
 
 _REQ = NLM_F_REQUEST | NLM_F_ACK
 _CREATE_OR_REPLACE = _REQ | NLM_F_CREATE | NLM_F_REPLACE
@@ -71,15 +85,24 @@ class Pfifo:
     limit: int
 
 
-Leaf = nl.NetemParams | Pfifo
+@dataclass(frozen=True)
+class Tbf:
+    """A rate, with the queue below it: pfifo (limit) or netem (delay... and limit)."""
+
+    rate_bit: int
+    child: Pfifo | nl.NetemParams
+
+
+Leaf = nl.NetemParams | Tbf
 
 
 @dataclass(frozen=True)
-class PeerShape:
-    """What one peer's class holds: rate (None = unshaped) and the leaf below it."""
+class Held:
+    """One qdisc as dumped: handle, kind, and its parameters when we understand them."""
 
-    rate_bit: int | None
-    leaf: Leaf
+    handle: int
+    kind: str
+    value: Any  # NetemParams | Pfifo | int (a tbf's rate) | None
 
 
 @dataclass
@@ -90,27 +113,35 @@ class EgressState:
     ours: bool = False
     default_minor: int | None = None
     classes: dict[int, int] = field(default_factory=dict)  # minor -> rate_bit
-    leaves: dict[int, tuple[int, str, Leaf | None]] = field(default_factory=dict)
+    leaves: dict[int, Held] = field(default_factory=dict)  # class minor -> its qdisc
+    children: dict[int, Held] = field(default_factory=dict)  # parent qdisc major -> child
     filters: dict[int, nl.U32Match] = field(default_factory=dict)  # u32 node -> match
     other_filters: int = 0
 
-    def peers(self) -> dict[str, tuple[int, PeerShape | None]]:
-        """dst address -> (class minor, shape or None if its class/leaf is foreign)."""
-        out: dict[str, tuple[int, PeerShape | None]] = {}
+    def leaf(self, minor: int) -> Leaf | None:
+        """The leaf under class `minor` (None if absent or not one this module makes)."""
+        held = self.leaves.get(minor)
+        if held is None:
+            return None
+        if held.kind == "netem":
+            return held.value
+        if held.kind == "tbf":
+            child = self.children.get(held.handle >> 16)
+            if child is not None and isinstance(child.value, Pfifo | nl.NetemParams):
+                return Tbf(held.value, child.value)
+        return None
+
+    def peers(self) -> dict[str, tuple[int, Leaf | None]]:
+        """dst address -> (class minor, its leaf or None if foreign)."""
+        out: dict[str, tuple[int, Leaf | None]] = {}
         for node, m in self.filters.items():
-            if m.dst is None or m.classid != nl.handle(ROOT_MAJOR, node):
-                continue
-            rate = self.classes.get(node)
-            leaf = self.leaves.get(node, (0, "", None))[2]
-            if rate is None or leaf is None:
-                out[m.dst] = (node, None)
-            else:
-                out[m.dst] = (node, PeerShape(None if rate >= UNSHAPED_RATE_BIT else rate, leaf))
+            if m.dst is not None and m.classid == nl.handle(ROOT_MAJOR, node):
+                out[m.dst] = (node, self.leaf(node))
         return out
 
 
-def burst_bytes(rate_bit: int) -> int:
-    return max(int(rate_bit / 8 * BURST_SECONDS), MIN_BURST_BYTES)
+def burst_bytes(rate_bit: int, mtu: int = 1500) -> int:
+    return max(int(rate_bit / 8 * BURST_SECONDS), MIN_BURST_FRAMES * (mtu + 14))
 
 
 def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
@@ -118,18 +149,23 @@ def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(coro_fn())  # type: ignore[arg-type]
 
 
+def _major(slot: int, minor: int) -> int:
+    return (slot << 12) | minor
+
+
 class Egress:
     """One sender interface (netns, ifname). Each call opens, uses and closes a socket.
 
     Keep one object per interface: netem never dumps its delay distribution table, so
-    the object remembers which table it sent to each leaf (`read()` reports it from
-    there, and a switch back to uniform recreates the qdisc instead of leaving the old
-    table in place, which is what a netem change without a table would do).
+    the object remembers which table it sent to each netem (by handle); `read()` reports
+    it from there, and a switch back to uniform grafts a fresh netem instead of keeping
+    the old table, which is what a netem change without a table would do.
     """
 
     def __init__(self, netns: str, ifname: str) -> None:
         self.netns, self.ifname = netns, ifname
         self.sent_tables: dict[int, tuple[int, ...]] = {}
+        self._mtu = 1500
 
     def __repr__(self) -> str:
         return f"Egress({self.netns}:{self.ifname})"
@@ -138,17 +174,21 @@ class Egress:
     def read_state(self) -> EgressState:
         return run(lambda: self._session(self._read))
 
-    def read(self) -> dict[str, PeerShape | None]:
-        """dst -> shape held (None: a class or leaf this module did not make)."""
-        out: dict[str, PeerShape | None] = {}
-        for dst, (minor, shape) in self.read_state().peers().items():
-            if shape is not None and isinstance(shape.leaf, nl.NetemParams):
-                table = self.sent_tables.get(minor, ())
-                shape = PeerShape(shape.rate_bit, replace(shape.leaf, dist_table=table))
-            out[dst] = shape
+    def read(self) -> dict[str, Leaf | None]:
+        """dst -> leaf held (None: a qdisc this module did not make)."""
+        st = self.read_state()
+        out: dict[str, Leaf | None] = {}
+        for dst, (minor, leaf) in st.peers().items():
+            if isinstance(leaf, nl.NetemParams):
+                table = self.sent_tables.get(st.leaves[minor].handle, ())
+                leaf = replace(leaf, dist_table=table)
+            elif isinstance(leaf, Tbf) and isinstance(leaf.child, nl.NetemParams):
+                table = self.sent_tables.get(st.children[st.leaves[minor].handle >> 16].handle, ())
+                leaf = Tbf(leaf.rate_bit, replace(leaf.child, dist_table=table))
+            out[dst] = leaf
         return out
 
-    def apply(self, wanted: dict[str, PeerShape]) -> None:
+    def apply(self, wanted: dict[str, Leaf]) -> None:
         run(lambda: self._session(lambda ipr, idx: self._apply(ipr, idx, wanted)))
 
     def clear(self) -> None:
@@ -156,18 +196,19 @@ class Egress:
         run(lambda: self._session(self._clear, missing_ok=True))
 
     # -- netlink -----------------------------------------------------------------------
-    async def _session(self, fn, missing_ok: bool = False):  # noqa: ANN001, ANN202
+    async def _session(self, fn: Callable[..., Awaitable[T]], missing_ok: bool = False) -> T:
         if not os.path.exists(netns_path(self.netns)):
             if missing_ok:
-                return None
+                return None  # type: ignore[return-value]
             raise LabError(f"network namespace {self.netns!r} does not exist")
         async with AsyncIPRoute(netns=self.netns, flags=0) as ipr:
-            links = await ipr.link_lookup(ifname=self.ifname)
+            links = [m async for m in await ipr.link("dump") if m.get("ifname") == self.ifname]
             if not links:
                 if missing_ok:
-                    return None
+                    return None  # type: ignore[return-value]
                 raise LabError(f"no interface {self.ifname!r} in namespace {self.netns!r}")
-            return await fn(ipr, links[0])
+            self._mtu = links[0].get("mtu") or 1500
+            return await fn(ipr, links[0]["index"])
 
     @staticmethod
     async def request(ipr: AsyncIPRoute, msg: nl.TcMsg, msg_type: int, flags: int) -> list:
@@ -185,10 +226,13 @@ class Egress:
                 st.ours = kind == "htb" and raw["handle"] == root
                 if st.ours:
                     st.default_minor = nl.htb_default_minor(nl.reparse(raw))
-            else:
-                major, minor = nl.split_handle(raw["parent"])
-                if major == ROOT_MAJOR:
-                    st.leaves[minor] = (raw["handle"], kind, _leaf(nl.reparse(raw), kind))
+                continue
+            held = Held(raw["handle"], kind, _value(nl.reparse(raw), kind))
+            major, minor = nl.split_handle(raw["parent"])
+            if major == ROOT_MAJOR:
+                st.leaves[minor] = held
+            elif minor == 1:
+                st.children[major] = held
         if not st.ours:
             return st
         for raw in await self.request(ipr, nl.class_ref(index, 0, 0), RTM_GETTCLASS, _DUMP):
@@ -210,8 +254,9 @@ class Egress:
         if st.ours:
             ref = nl.qdisc_ref(index, nl.handle(ROOT_MAJOR), nl.TC_H_ROOT)
             await self.request(ipr, ref, RTM_DELQDISC, _REQ)
+        self.sent_tables.clear()
 
-    async def _apply(self, ipr: AsyncIPRoute, index: int, wanted: dict[str, PeerShape]) -> None:
+    async def _apply(self, ipr: AsyncIPRoute, index: int, wanted: dict[str, Leaf]) -> None:
         if not wanted:
             await self._clear(ipr, index)
             return
@@ -225,7 +270,7 @@ class Egress:
             await self.request(ipr, msg, RTM_NEWQDISC, _CREATE_OR_REPLACE)
             st = EgressState(root_kind="htb", ours=True, default_minor=DEFAULT_MINOR)
         if st.classes.get(DEFAULT_MINOR) != UNSHAPED_RATE_BIT:
-            await self._set_class(ipr, index, DEFAULT_MINOR, UNSHAPED_RATE_BIT)
+            await self._set_class(ipr, index, DEFAULT_MINOR)
 
         # 1. drop filters we do not want (or do not understand), then their classes
         keep: dict[str, int] = {}
@@ -238,82 +283,107 @@ class Egress:
             await self.request(ipr, ref, RTM_DELTFILTER, _REQ)
         for minor in list(st.classes):
             if minor != DEFAULT_MINOR and minor not in keep.values():
-                await self.request(ipr, nl.class_ref(index, nl.handle(ROOT_MAJOR, minor), root),
-                                RTM_DELTCLASS, _REQ)  # fmt: skip
+                ref = nl.class_ref(index, nl.handle(ROOT_MAJOR, minor), root)
+                await self.request(ipr, ref, RTM_DELTCLASS, _REQ)
                 st.classes.pop(minor)
                 st.leaves.pop(minor, None)
 
         # 2. classes and leaves first, filter last: a new peer's traffic finds a ready class
         free = (m for m in range(FIRST_MINOR, LAST_MINOR + 1) if m not in keep.values())
         for dst in sorted(wanted):
-            shape = wanted[dst]
             minor = keep.get(dst)
             if minor is None:
                 minor = next(free, None)
                 if minor is None:
                     raise LabError(f"{self!r}: more than {LAST_MINOR - FIRST_MINOR} peers")
-            rate = shape.rate_bit or UNSHAPED_RATE_BIT
-            if st.classes.get(minor) != rate:
-                await self._set_class(ipr, index, minor, rate)
-            await self._set_leaf(ipr, index, minor, shape.leaf, st.leaves.get(minor))
+            if st.classes.get(minor) != UNSHAPED_RATE_BIT:
+                await self._set_class(ipr, index, minor)
+            await self._set_leaf(ipr, index, minor, wanted[dst], st)
             if dst not in keep:
                 msg = nl.u32_dst_filter(
                     index, root, FILTER_PRIO, minor, dst, nl.handle(ROOT_MAJOR, minor)
                 )
                 await self.request(ipr, msg, RTM_NEWTFILTER, _REQ | NLM_F_CREATE | NLM_F_EXCL)
 
-    async def _set_class(self, ipr: AsyncIPRoute, index: int, minor: int, rate: int) -> None:
+    async def _set_class(self, ipr: AsyncIPRoute, index: int, minor: int) -> None:
+        rate = UNSHAPED_RATE_BIT
         msg = nl.htb_class(
             index, nl.handle(ROOT_MAJOR, minor), nl.handle(ROOT_MAJOR), rate, burst_bytes(rate)
         )
         await self.request(ipr, msg, RTM_NEWTCLASS, _CREATE_OR_REPLACE)
 
     async def _set_leaf(
+        self, ipr: AsyncIPRoute, index: int, minor: int, want: Leaf, st: EgressState
+    ) -> None:
+        slot = nl.handle(ROOT_MAJOR, minor)
+        cur = st.leaves.get(minor)
+        if isinstance(want, nl.NetemParams):
+            await self._put_netem(ipr, index, slot, minor, NETEM, want, cur)
+            return
+        tbf = nl.handle(_major(TBF[0], minor))
+        limit = want.child.limit
+        fresh = cur is None or cur.handle != tbf or cur.kind != "tbf"
+        if fresh or cur.value != want.rate_bit:  # type: ignore[union-attr]
+            # a new tbf makes a bytes fifo child from `limit` until ours is grafted below;
+            # a changed one sets a pfifo child's limit (packets) from it
+            msg = nl.tbf_qdisc(
+                index, tbf, slot, want.rate_bit, burst_bytes(want.rate_bit, self._mtu),
+                limit * (self._mtu + 14) if fresh else limit,
+            )  # fmt: skip
+            await self.request(ipr, msg, RTM_NEWQDISC, _CREATE_OR_REPLACE)
+        under = nl.handle(tbf >> 16, 1)
+        child = None if fresh else st.children.get(tbf >> 16)
+        if isinstance(want.child, nl.NetemParams):
+            await self._put_netem(ipr, index, under, minor, NETEM_CHILD, want.child, child)
+            return
+        hdl = nl.handle(_major(PFIFO_CHILD[0], minor))
+        if child is None or child.handle != hdl or child.value != want.child:
+            msg = nl.pfifo_qdisc(index, hdl, under, want.child.limit)
+            await self.request(ipr, msg, RTM_NEWQDISC, _CREATE_OR_REPLACE)
+
+    async def _put_netem(
         self,
         ipr: AsyncIPRoute,
         index: int,
+        parent: int,
         minor: int,
-        leaf: Leaf,
-        current: tuple[int, str, Leaf | None] | None,
+        slots: tuple[int, ...],
+        want: nl.NetemParams,
+        cur: Held | None,
     ) -> None:
-        hdl, parent = nl.handle(minor), nl.handle(ROOT_MAJOR, minor)
-        netem = isinstance(leaf, nl.NetemParams)
-        kind = "netem" if netem else "pfifo"
-        if current is not None:
-            cur_handle, cur_kind, cur_leaf = current
-            stale_table = (
-                netem
-                and cur_kind == "netem"
-                and not leaf.dist_table  # type: ignore[union-attr]
-                and self.sent_tables.get(minor, None) != ()
-            )
-            if cur_handle == hdl and cur_kind == kind and not stale_table:
-                if not netem and cur_leaf == leaf:
-                    return
-            elif cur_handle == hdl:
-                # the kernel changes neither a qdisc's kind under the same handle nor
-                # drops a netem table on change: delete, then create
-                await self.request(ipr, nl.qdisc_ref(index, hdl, parent), RTM_DELQDISC, _REQ)
-        if netem:
-            msg = nl.netem_qdisc(index, hdl, parent, leaf)  # type: ignore[arg-type]
+        handles = [nl.handle(_major(s, minor)) for s in slots]
+        in_place = (
+            cur is not None
+            and cur.kind == "netem"
+            and cur.handle in handles
+            # netem keeps its old table on a change without one: graft a fresh netem
+            and (want.dist_table or self.sent_tables.get(cur.handle) == ())
+        )
+        if in_place:
+            hdl = cur.handle  # type: ignore[union-attr]
+            same = replace(cur.value, dist_table=want.dist_table) == want  # type: ignore[union-attr]
+            if same and self.sent_tables.get(hdl) == want.dist_table:
+                return
         else:
-            msg = nl.pfifo_qdisc(index, hdl, parent, leaf.limit)  # type: ignore[union-attr]
+            hdl = next(h for h in handles if cur is None or h != cur.handle)
         try:
-            await self.request(ipr, msg, RTM_NEWQDISC, _CREATE_OR_REPLACE)
+            await self.request(ipr, nl.netem_qdisc(index, hdl, parent, want), RTM_NEWQDISC,
+                               _CREATE_OR_REPLACE)  # fmt: skip
         except NetlinkError as e:
-            if netem and e.code in (errno.ENOENT, errno.EOPNOTSUPP):
+            if e.code in (errno.ENOENT, errno.EOPNOTSUPP):
                 raise CapabilityMissing(
                     f"the kernel in {self.netns} has no netem qdisc (sch_netem): {e}",
                     hint="use the userspace engine (select_engine('auto') picks it)",
                 ) from None
             raise
-        if netem:
-            self.sent_tables[minor] = leaf.dist_table  # type: ignore[union-attr]
+        self.sent_tables[hdl] = want.dist_table
 
 
-def _leaf(msg: nl.TcMsg, kind: str) -> Leaf | None:
+def _value(msg: nl.TcMsg, kind: str) -> Any:
     if kind == "netem":
         return nl.netem_params(msg)
     if kind == "pfifo":
         return Pfifo(nl.pfifo_limit(msg))
+    if kind == "tbf":
+        return nl.tbf_rate_bit(msg)
     return None

@@ -1,9 +1,10 @@
 """The kernel engine: everything in the sender's egress qdiscs, through pyroute2.
 
-Per direction src -> dst, on src's interface: an htb class with the rate and a netem
-leaf with delay, jitter (and its distribution table), loss, duplicate, corrupt, reorder
-and the queue limit; a u32 filter on dst's address picks the class (`egress.py`). A
-rate-only profile gets a pfifo leaf with the limit instead of netem. No processes, so
+Per direction src -> dst, on src's interface: a u32 filter on dst's address picks an
+htb class (`egress.py`); under it a tbf with the rate (which also cuts GSO packets into
+wire packets) and under that a netem with delay, jitter (and its distribution table),
+loss, duplicate, corrupt, reorder and the queue limit. Without a rate the netem is the
+class's leaf; without anything for netem the tbf holds a pfifo with the limit. No processes, so
 nothing can die: `health()` only reports the interfaces it holds.
 
 The product's main path on real lab hosts. Kernels without sch_netem (this CI machine,
@@ -23,19 +24,17 @@ from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions
 from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
-from testbed.net.shaping.egress import Egress, PeerShape, Pfifo
+from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf
 
 log = logging.getLogger(__name__)
 
 
-def to_peer_shape(profile: LinkProfile) -> PeerShape:
-    """A profile as the egress stack holds it (netem leaf only when something needs it)."""
+def to_leaf(profile: LinkProfile) -> Leaf:
+    """A profile as the egress stack holds it: tbf for the rate, netem for the rest."""
     limit = profile.effective_limit()
-    if not profile.needs_delay_line():
-        return PeerShape(profile.rate_bit, Pfifo(limit))
-    return PeerShape(
-        profile.rate_bit,
-        nl.NetemParams(
+    netem = None
+    if profile.needs_delay_line():
+        netem = nl.NetemParams(
             delay_ms=profile.delay_ms,
             jitter_ms=profile.jitter_ms,
             loss_pct=profile.loss_pct,
@@ -46,18 +45,23 @@ def to_peer_shape(profile: LinkProfile) -> PeerShape:
             dist_table=distributions.table(profile.jitter_distribution)
             if profile.jitter_ms
             else (),
-        ),
-    )
+        )
+    if profile.rate_bit is None:
+        assert netem is not None, "an empty profile has no leaf"
+        return netem
+    return Tbf(profile.rate_bit, netem or Pfifo(limit))
 
 
-def from_peer_shape(shape: PeerShape) -> LinkProfile:
-    """Read-back: the held objects in profile units (limit always explicit)."""
-    leaf = shape.leaf
+def from_leaf(leaf: Leaf) -> LinkProfile:
+    """Read-back: the held qdiscs in profile units (limit always explicit)."""
+    rate = None
+    if isinstance(leaf, Tbf):
+        rate, leaf = leaf.rate_bit, leaf.child  # type: ignore[assignment]
     if isinstance(leaf, Pfifo):
-        return LinkProfile(rate_bit=shape.rate_bit, limit=leaf.limit)
+        return LinkProfile(rate_bit=rate, limit=leaf.limit)
     dist = distributions.name_of(leaf.dist_table) if leaf.jitter_ms else "uniform"
     if dist is None:
-        raise LabError("a netem leaf holds a delay distribution table testbed did not send")
+        raise LabError("a netem qdisc holds a delay distribution table testbed did not send")
     return LinkProfile.model_construct(
         delay_ms=leaf.delay_ms,
         jitter_ms=leaf.jitter_ms,
@@ -66,7 +70,7 @@ def from_peer_shape(shape: PeerShape) -> LinkProfile:
         duplicate_pct=leaf.duplicate_pct,
         corrupt_pct=leaf.corrupt_pct,
         reorder_pct=leaf.reorder_pct,
-        rate_bit=shape.rate_bit,
+        rate_bit=rate,
         limit=leaf.limit,
     )
 
@@ -108,12 +112,10 @@ class KernelNetemEngine(ShapingEngine):
         return self._egress[key]
 
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
-        per_if: dict[tuple[str, str], dict[str, PeerShape]] = {k: {} for k in self._egress}
+        per_if: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._egress}
         for d, profile in wanted.items():
             self._egress_for(d.src.netns, d.src.ifname)
-            per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = to_peer_shape(
-                profile
-            )
+            per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = to_leaf(profile)
         for key, peers in per_if.items():
             self._egress[key].apply(peers)
 
@@ -121,13 +123,13 @@ class KernelNetemEngine(ShapingEngine):
         by_key = {(d.src.netns, d.src.ifname, d.dst.address): d for d in self._known}
         held: dict[Direction, LinkProfile] = {}
         for (netns, ifname), eg in self._egress.items():
-            for dst, shape in eg.read().items():
+            for dst, leaf in eg.read().items():
                 d = by_key.get((netns, ifname, dst)) or stray_direction(netns, ifname, None, dst)
-                if shape is None:
+                if leaf is None:
                     raise LabError(
                         f"{eg!r}: the class for {dst} holds a qdisc testbed did not make"
                     )
-                held[d] = from_peer_shape(shape)
+                held[d] = from_leaf(leaf)
         return held
 
     def health(self) -> dict[str, Any]:

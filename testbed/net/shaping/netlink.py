@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 
 from pyroute2.netlink import nla
-from pyroute2.netlink.rtnl.tcmsg import sched_htb, tcmsg
+from pyroute2.netlink.rtnl.tcmsg import sched_htb, sched_tbf, tcmsg
 
 TC_H_ROOT = 0xFFFFFFFF
 ETH_P_IP = 0x0800
@@ -131,16 +131,34 @@ class U32Options(nla):
     )
 
 
+class TbfOptions(sched_tbf.options):
+    """pyroute2's tbf options plus the 64-bit rate and the burst in bytes."""
+
+    nla_map = (
+        ("TCA_TBF_UNSPEC", "none"),
+        ("TCA_TBF_PARMS", "tbf_parms"),
+        ("TCA_TBF_RTAB", "cdata"),
+        ("TCA_TBF_PTAB", "cdata"),
+        ("TCA_TBF_RATE64", "uint64"),
+        ("TCA_TBF_PRATE64", "uint64"),
+        ("TCA_TBF_PAD", "cdata"),
+        ("TCA_TBF_BURST", "uint32"),
+        ("TCA_TBF_PBURST", "uint32"),
+    )
+
+
 class TcMsg(tcmsg):
-    """A tcmsg whose netem and u32 options use the classes above; others use pyroute2's."""
+    """A tcmsg whose netem, tbf and u32 options use the classes above; others pyroute2's."""
 
     @staticmethod
-    def get_options(self, *argv, **kwarg):  # noqa: ANN001, ANN205 - pyroute2's hook
+    def get_options(self, *argv, **kwarg):  # pyroute2's hook: (message, ...) -> nla class
         kind = self.get_attr("TCA_KIND")
         if kind == "netem":
             return NetemOptions
         if kind == "u32":
             return U32Options
+        if kind == "tbf":
+            return TbfOptions
         return tcmsg.get_options(self, *argv, **kwarg)
 
 
@@ -281,7 +299,48 @@ def htb_default_minor(msg: tcmsg) -> int:
     return msg.get_attr("TCA_OPTIONS").get_attr("TCA_HTB_INIT")["defcls"]
 
 
-# -- pfifo (the leaf under a rate-only class, so its limit is ours, not txqueuelen) --------
+# -- tbf: the rate, and the one qdisc that cuts GSO packets back into wire packets --------
+def tbf_qdisc(
+    index: int, hdl: int, parent: int, rate_bit: int, burst_bytes: int, limit: int
+) -> TcMsg:
+    """tbf at `rate_bit`; GSO packets longer than the burst are segmented (tbf_segment()).
+
+    `limit` is handed to tbf's fifo child; with a pfifo child it is in packets.
+    """
+    rate = rate_bit // 8
+    msg = _base(index, hdl, parent, "tbf")
+    attrs: list[list[object]] = [
+        [
+            "TCA_TBF_PARMS",
+            {
+                "rate": min(rate, U32_MAX),
+                "limit": limit,
+                "buffer": min(U32_MAX, round(burst_bytes / rate * 1e9 / NS_PER_TICK)),
+                "mtu": 0,
+                "peak": 0,
+            },
+        ],
+        ["TCA_TBF_BURST", burst_bytes],
+    ]
+    if rate > U32_MAX:
+        attrs.append(["TCA_TBF_RATE64", rate])
+    msg["attrs"].append(["TCA_OPTIONS", {"attrs": attrs}])
+    return msg
+
+
+def tbf_rate_bit(msg: tcmsg) -> int:
+    opts = msg.get_attr("TCA_OPTIONS")
+    rate64 = opts.get_attr("TCA_TBF_RATE64")
+    return 8 * (rate64 if rate64 else opts.get_attr("TCA_TBF_PARMS")["rate"])
+
+
+def tbf_burst_bytes(msg: tcmsg) -> int:
+    """The burst, from the buffer time at the rate (the kernel dumps no TCA_TBF_BURST)."""
+    parms = msg.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")
+    return round(parms["buffer"] * NS_PER_TICK / 1e9 * tbf_rate_bit(msg) / 8)
+
+
+# -- pfifo: a queue limit in packets that is ours, not txqueuelen -------------------------
 def pfifo_qdisc(index: int, hdl: int, parent: int, limit: int) -> TcMsg:
     msg = _base(index, hdl, parent, "pfifo")
     msg["attrs"].append(["TCA_OPTIONS", {"limit": limit}])

@@ -1,8 +1,8 @@
 """The userspace engine: rate in the kernel, everything else in an NFQUEUE delay line.
 
 For kernels without sch_netem. Per direction src -> dst:
-- rate: an htb class on src's egress (the kernel engine's stack, `egress.py`, with a
-  pfifo leaf holding the queue limit instead of netem);
+- rate: a tbf under an htb class on src's egress (the kernel engine's stack,
+  `egress.py`, with a pfifo holding the queue limit instead of netem);
 - delay, jitter (uniform/normal/pareto/paretonormal), loss, duplicate, corrupt,
   reorder: an iptables rule in dst's namespace (`raw PREROUTING -i IF -s SRC ->
   NFQUEUE --queue-bypass`) feeding the delay line process of that namespace
@@ -39,7 +39,7 @@ from testbed.hosts.nsexec import netns_path, ns_argv
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions, iptables
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
-from testbed.net.shaping.egress import Egress, PeerShape, Pfifo
+from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,13 @@ class UserspaceEngine(ShapingEngine):
 
     # -- apply -----------------------------------------------------------------------------
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
-        per_if: dict[tuple[str, str], dict[str, PeerShape]] = {k: {} for k in self._egress}
+        per_if: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._egress}
         per_ns: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             ns: {} for ns in self._line_netns
         }
         for d, p in wanted.items():
             if p.rate_bit is not None:
-                per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = PeerShape(
+                per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = Tbf(
                     p.rate_bit, Pfifo(p.effective_limit())
                 )
             if p.needs_delay_line():
@@ -287,13 +287,13 @@ class UserspaceEngine(ShapingEngine):
         by_ingress = {(d.dst.netns, d.dst.ifname, d.src.address): d for d in self._known}
         parts: dict[Direction, dict[str, Any]] = {}
         for (ns, ifname), eg in self._egress.items():
-            for dst, shape in eg.read().items():
+            for dst, leaf in eg.read().items():
                 d = by_egress.get((ns, ifname, dst)) or stray_direction(ns, ifname, None, dst)
-                if shape is None or not isinstance(shape.leaf, Pfifo):
+                if not isinstance(leaf, Tbf) or not isinstance(leaf.child, Pfifo):
                     raise LabError(
                         f"{eg!r}: the class for {dst} holds a qdisc testbed did not make"
                     )
-                parts.setdefault(d, {}).update(rate_bit=shape.rate_bit, limit=shape.leaf.limit)
+                parts.setdefault(d, {}).update(rate_bit=leaf.rate_bit, limit=leaf.child.limit)
         for ns in sorted(self._line_netns):
             line = self._lines.get(ns)
             queues = line.request({"op": "get"})["queues"] if line and line.alive() else {}
