@@ -89,7 +89,7 @@ def test_packets(text: object, n: int) -> None:
         (units.parse_packets, "10ms", ["unknown unit 'ms'"]),
     ],
 )
-def test_bad_input_names_value_and_expectation(parser, value, words) -> None:  # noqa: ANN001
+def test_bad_input_names_value_and_expectation(parser, value, words) -> None:
     with pytest.raises(InputError) as e:
         parser(value, field="links.wan.delay")
     msg = str(e.value)

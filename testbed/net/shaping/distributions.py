@@ -10,6 +10,7 @@ machine's iproute2 (a package the lab installs anyway), not reinvented here.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def name_of(dist_table: tuple[int, ...]) -> str | None:
     return None
 
 
-def sampler(name: str, mu_ms: float, sigma_ms: float, rng: random.Random):  # noqa: ANN201
+def sampler(name: str, mu_ms: float, sigma_ms: float, rng: random.Random) -> Callable[[], float]:
     """A function returning one delay in ms, the way netem's tabledist() draws it (>= 0)."""
     if sigma_ms == 0:
         return lambda: mu_ms

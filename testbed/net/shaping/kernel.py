@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import LabError
+from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.ledger import Ledger
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions
@@ -104,6 +104,20 @@ class KernelNetemEngine(ShapingEngine):
             for minor, name in e.get("tables", {}).items():
                 if name is not None:
                     eg.sent_tables[int(minor)] = distributions.table(name)
+
+    def check(self, profile: LinkProfile, direction: Direction | None = None) -> None:
+        """Refuse before touching anything: netem missing, or a distribution table."""
+        if profile.needs_delay_line():
+            from testbed.net.shaping.detect import netem_available
+
+            if not netem_available():
+                raise CapabilityMissing(
+                    f"{direction or 'this link'}: {profile.describe()} needs netem, and this "
+                    "kernel has no sch_netem",
+                    hint="use the userspace engine (select_engine('auto') picks it)",
+                )
+        if profile.jitter_ms:
+            distributions.table(profile.jitter_distribution)
 
     def _egress_for(self, netns: str, ifname: str) -> Egress:
         key = (netns, ifname)

@@ -4,12 +4,13 @@ Pure functions: a message is a pyroute2 `tcmsg` we build field by field, encode 
 and decode back with the same classes, so what we install can be read back and compared
 (and tested on a kernel that lacks netem). Sending is the caller's job (`tcsock.py`).
 
-Two things pyroute2 0.9.7 does not do for us, done here instead:
+Three things pyroute2 0.9.7 does not do for us, done here instead:
 - netem: its option map stops at TCA_NETEM_RATE and it has no delay distribution table;
   we also send TCA_NETEM_LATENCY64/JITTER64 (nanoseconds, exact) next to the legacy
   tick fields, and read the 64-bit ones back when the kernel reports them.
 - u32: its selector decoder reads the keys 4 bytes too early; we pack and unpack
   `struct tc_u32_sel` ourselves.
+- tbf: no 64-bit rate and no burst in bytes; both added (TCA_TBF_RATE64/BURST).
 """
 
 from __future__ import annotations
