@@ -42,7 +42,7 @@ def _mounts() -> set[str]:
     return {
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if "testbed" in line or "/run/netns/tb" in line
+        if "testbed" in line or "/run/netns/tb-" in line
     }
 
 
@@ -90,13 +90,14 @@ class Snapshot:
             frozenset(str(p) for p in state_root.rglob("*")) if state_root.exists() else frozenset()
         )
         return cls(
-            frozenset(netns.listnetns()),
+            frozenset(n for n in netns.listnetns() if n.startswith("tb-")),
             frozenset(_processes()),
             frozenset(_root_links()),
             frozenset(_mounts()),
             _iptables_rules(),
             files,
             root_listeners(),
+            _id_claims(),
         )
 
     def leaks_since(self, before: Snapshot) -> dict[str, object]:

@@ -188,6 +188,8 @@ class ScenarioRun:
             self.result.client.connected_at_progress = round(pct, 1)
             data.update(after_migration_start_s=round(at, 3), progress=round(pct, 1))
         self.timeline.add("client.connect", **data)
+        if s.when.kind != "before":  # a late client: its screen before the switchover, async
+            threading.Thread(target=self._screenshot_when_connected, daemon=True).start()
         if self.watcher is None:
             self.watcher = DisplayWatcher(
                 self.client.host,
@@ -352,6 +354,15 @@ class ScenarioRun:
             self.result.artifacts[f"screenshot_{which}"] = str(path)
         except TestbedError as e:
             log.info("screenshot %s: %s", which, e)
+
+    def _screenshot_when_connected(self) -> None:
+        try:
+            assert self.client
+            self.client.wait_connected(30)
+            self.timeline.add("client.connected")
+            self._screenshot("before")
+        except (TestbedError, AssertionError) as e:
+            log.info("late client screenshot: %s", e)
 
     def _settle_and_judge(self) -> None:
         if self.client is None:
