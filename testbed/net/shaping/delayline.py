@@ -63,7 +63,7 @@ from typing import Any
 
 log = logging.getLogger("testbed.net.shaping.delayline")
 
-KERNEL_QUEUE_MAX = 1 << 16  # packets the kernel keeps per queue awaiting our verdict
+KERNEL_QUEUE_MAX = 1 << 20  # packets the kernel keeps per queue awaiting our verdict (> limits)
 # linux/netfilter/nfnetlink_queue.h: a queue config message that sets one flag
 NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG = 3, 2
 NFQA_CFG_MASK, NFQA_CFG_FLAGS = 4, 5
@@ -94,7 +94,14 @@ class LineParams:
         if unknown:
             raise ValueError(f"unknown parameter(s) {sorted(unknown)}")
         p = cls(**data)
-        for name in ("delay_ms", "jitter_ms", "loss_pct", "duplicate_pct", "corrupt_pct"):
+        for name in (
+            "delay_ms",
+            "jitter_ms",
+            "loss_pct",
+            "duplicate_pct",
+            "corrupt_pct",
+            "reorder_pct",
+        ):
             if not isinstance(getattr(p, name), int | float) or getattr(p, name) < 0:
                 raise ValueError(f"{name} must be a number >= 0")
         if not isinstance(p.limit, int) or p.limit < 1:

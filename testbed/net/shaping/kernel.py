@@ -57,8 +57,8 @@ def from_leaf(leaf: Leaf) -> LinkProfile:
     rate = None
     if isinstance(leaf, Tbf):
         rate, leaf = leaf.rate_bit, leaf.child  # type: ignore[assignment]
-    if isinstance(leaf, Pfifo):
-        return LinkProfile(rate_bit=rate, limit=leaf.limit)
+    if isinstance(leaf, Pfifo):  # as held, unvalidated: a foreign value must still show
+        return LinkProfile.model_construct(rate_bit=rate, limit=leaf.limit)
     dist = distributions.name_of(leaf.dist_table) if leaf.jitter_ms else "uniform"
     if dist is None:
         raise LabError("a netem qdisc holds a delay distribution table testbed did not send")
