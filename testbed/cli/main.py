@@ -19,6 +19,9 @@ from testbed.cli.common import (
     setup_logging,
     step,
 )
+from testbed.cli.links import links as links_cmd
+from testbed.cli.links import probe as probe_cmd
+from testbed.cli.links import shape as shape_cmd
 from testbed.cli.run import classify as classify_cmd
 from testbed.cli.run import run as run_cmd
 from testbed.errors import TestbedError
@@ -246,6 +249,9 @@ def migrate(
 
 
 cli.add_command(run_cmd)
+cli.add_command(shape_cmd)
+cli.add_command(links_cmd)
+cli.add_command(probe_cmd)
 cli.add_command(classify_cmd)
 
 
