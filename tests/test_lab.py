@@ -100,3 +100,23 @@ def test_killed_up_is_swept_by_down_all(needs_root: None, state_root: Path) -> N
     )
     assert res.returncode == 0, res.stderr
     assert Snapshot.take(state_root).leaks_since(before) == {}
+
+
+def test_migration_timeout_aborts_and_leaves_the_guest_on_the_source(needs_root: None) -> None:
+    lab = Lab.up(load_topology(TOPOLOGY))
+    try:
+        guest = start_guest(lab, "vm")
+        m = migration_for(lab, "vm", "dst", bandwidth_mib=1, timeout_s=6)
+        m.start()
+        rec = m.wait()
+        finish_migration(lab, "vm", m, "dst")
+        assert rec.result == "aborted" and "timed out" in (rec.error or "")
+        assert location(lab, "vm") == "src"
+        src_doms = lab.conn("src").listAllDomains()
+        assert [d.name() for d in src_doms] == [guest.domain] and src_doms[0].isActive()
+        assert lab.conn("dst").listAllDomains() == []
+        first = heartbeats(guest.serial)[-1]
+        time.sleep(1.0)
+        assert heartbeats(guest.serial)[-1] > first  # still running where it was
+    finally:
+        lab.down()

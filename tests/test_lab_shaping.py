@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,22 @@ def test_shape_links_probe_clear_on_the_lab(needs_root: None, state_root: Path) 
     finally:
         lab.down()
     assert Snapshot.take(state_root).leaks_since(before) == {}
+
+
+def test_topology_links_are_shaped_at_up(needs_root: None, tmp_path: Path) -> None:
+    topo = (REPO / "topologies" / "local.yaml").read_text() + (
+        "links:\n"
+        "  - {network: display, from: client, to: dst, profile: {delay: 50ms, rate: 20mbit}}\n"
+    )
+    path = tmp_path / "shaped.yaml"
+    path.write_text(topo)
+    up = tb("up", str(path))
+    assert up.returncode == 0, up.stderr
+    lab_id = re.search(r"^lab ([0-9a-f]{4}) is up", up.stdout, re.M).group(1)
+    try:
+        rows = json.loads(tb("links", "--lab", lab_id, "--json").stdout)["rows"]
+        assert len(rows) == 1 and "delay 50ms" in rows[0]["installed"]
+        assert "rate 20mbit" in rows[0]["installed"]
+        assert 45 <= probe(lab_id, "client", "dst")["rtt_ms"]["avg"] <= 70
+    finally:
+        assert tb("down", lab_id).returncode == 0

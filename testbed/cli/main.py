@@ -69,11 +69,18 @@ def doctor(as_json: bool, no_kvm_probe: bool) -> None:
 def up(topology: str, lab_id: str | None) -> None:
     """Bring a lab up from TOPOLOGY (default: the embedded local lab)."""
     from testbed.lab.lab import Lab
+    from testbed.lab.links import LabLinks
     from testbed.model.topology import load_topology
 
     topo = load_topology(topology)
     with step(f"bringing up {topo.name}") as progress:
         lab = Lab.up(topo, progress=progress, lab_id=lab_id)
+        try:
+            progress("shaping the topology's links")
+            LabLinks(lab).apply_topology()
+        except BaseException:
+            lab.down()
+            raise
     _print_lab(lab.record.info)
     out.print(
         f"lab [bold]{lab.id}[/] is up ({lab.record.info.get('up_seconds')} s); "

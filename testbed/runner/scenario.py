@@ -99,6 +99,7 @@ class ScenarioRun:
             self.lab = Lab.up(self.topology)
             self.timeline.add("lab.up", lab=self.lab.id)
             self.links = LabLinks(self.lab)
+            self.links.apply_topology()
             for step in self.scenario.steps:
                 self._step(step)
             self._finish_migration()
