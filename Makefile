@@ -23,7 +23,7 @@ venv: $(STAMP)
 	@echo "venv: $(VENV) is up to date"
 
 image: venv
-	@$(BIN)/testbed guest build
+	@$(BIN)/testbed guest build || { apt-get update -q && $(BIN)/testbed guest build; }
 
 test: setup
 	$(BIN)/pytest -v -rs
