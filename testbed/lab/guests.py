@@ -77,17 +77,17 @@ def start_guest(
     domain = lab.domain_name(name)
     fill = g.fill if fill_mib is None else fill_mib
     dirty = g.dirty_rate if dirty_rate is None else dirty_rate
+    common = {
+        "name": domain,
+        "memory_mib": g.memory,
+        "vcpus": g.vcpus,
+        "accel": accel,
+        "emulator": _emulator(lab, host),
+    }
     if g.image == "default":
         image, _ = build_guest_image()
         spec = DomainSpec(
-            name=domain,
-            memory_mib=g.memory,
-            vcpus=g.vcpus,
-            accel=accel,
-            emulator=_emulator(lab, host),
-            kernel=image.kernel,
-            initrd=image.initrd,
-            cmdline=guest_cmdline(fill, dirty),
+            **common, kernel=image.kernel, initrd=image.initrd, cmdline=guest_cmdline(fill, dirty)
         )
     else:
         disk = Path(g.image)
@@ -97,14 +97,7 @@ def start_guest(
                 file=lab.topology.source,
                 field=f"guests.{name}.image",
             )
-        spec = DomainSpec(
-            name=domain,
-            memory_mib=g.memory,
-            vcpus=g.vcpus,
-            accel=accel,
-            emulator=_emulator(lab, host),
-            disk=disk,
-        )
+        spec = DomainSpec(**common, disk=disk)
     for hv in lab.topology.hypervisors():  # wherever it migrates, teardown finds it
         lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
     serial = serial_path(lab, host, domain)

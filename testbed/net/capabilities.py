@@ -20,9 +20,9 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from testbed.hosts.nsexec import ns_argv
+from testbed.net.shaping.detect import netem_available
 
-QDISC_PROBES: dict[str, dict[str, Any]] = {
-    "netem": {"delay": 1000},
+QDISC_PROBES: dict[str, dict[str, Any]] = {  # netem: detect.netem_available, the engine's own
     "htb": {"default": 0},
     "tbf": {"rate": "1mbit", "burst": 10000, "latency": 50000},
     "ingress": {},
@@ -99,6 +99,9 @@ def probe_kernel() -> KernelCapabilities:
                 qdiscs[kind] = ok
                 if why:
                     errors[kind] = why
+            qdiscs["netem"] = netem_available(ns)
+            if not qdiscs["netem"]:
+                errors["netem"] = "qdisc kind unknown to this kernel"
             ifb, why = _try_ifb(ns)
             if why:
                 errors["ifb"] = why
