@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,7 +44,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+SSH_FIELDS = ("address", "port", "user", "key_file", "known_hosts", "sudo", "interfaces")
+
+
 class HostSpec(Strict):
+    """A host of the lab: `local` is a namespace on this machine, `ssh` a machine reached by SSH.
+
+    Relative `key_file`/`known_hosts` paths are read from the topology file's folder.
+    """
+
     kind: Literal["local", "ssh"] = "local"
     roles: list[Literal["hypervisor", "client"]] = Field(min_length=1)
     libvirt_uri: str | None = None
@@ -51,6 +61,25 @@ class HostSpec(Strict):
         None, description="QEMU binary, e.g. a build with a patched spice-server"
     )
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    address: str | None = Field(None, min_length=1, pattern=r"^[^\s/@]+$")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field("root", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    key_file: Path | None = Field(None, description="private key; default ~/.ssh/id_ed25519")
+    known_hosts: Path | None = Field(
+        None, description="host keys are checked against it, never added; default ~/.ssh"
+    )
+    sudo: bool = Field(False, description="prefix commands with sudo -n when user is not root")
+    interfaces: dict[str, str] = Field(
+        default_factory=dict, description="network name -> interface name on this host"
+    )
+
+    @field_validator("interfaces")
+    @classmethod
+    def _ifnames(cls, v: dict[str, str]) -> dict[str, str]:
+        for net, ifname in v.items():
+            if not IFNAME_RE.match(ifname):
+                raise ValueError(f"{net}: {ifname!r} is not an interface name (1-15 characters)")
+        return v
 
 
 class NetworkSpec(Strict):
@@ -121,9 +150,10 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
     def fail(msg: str, path: tuple[str | int, ...]) -> None:
         raise InputError(msg, file=doc.file, line=doc.line_of(path), field=dotted(path))
 
-    for name in topo.hosts:
+    for name, host in topo.hosts.items():
         if not NAME_RE.match(name):
             fail(f"host name must be {NAME_RULE} (found {name!r})", ("hosts", name))
+        _check_host_kind(topo, name, host, fail)
     if not topo.hypervisors():
         fail("needs at least one host with role 'hypervisor'", ("hosts",))
     for nname, net in topo.networks.items():
@@ -183,6 +213,44 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
             )
 
 
+def _check_host_kind(
+    topo: Topology, name: str, host: HostSpec, fail: Callable[[str, tuple[str | int, ...]], None]
+) -> None:
+    """SSH fields belong to ssh hosts; an ssh host has an address and an interface per network."""
+    if host.kind == "local":
+        for f in SSH_FIELDS:
+            if f in host.model_fields_set:
+                fail(f"{f} is only for hosts of kind ssh (this host is local)", ("hosts", name, f))
+        return
+    if host.address is None:
+        fail("an ssh host needs address (its name or IP for SSH)", ("hosts", name))
+    for net in host.interfaces:
+        if net not in topo.networks:
+            fail(
+                f"no network {net!r} (networks: {', '.join(topo.networks) or 'none'})",
+                ("hosts", name, "interfaces", net),
+            )
+        if name not in topo.networks[net].members:
+            fail(f"{name!r} is not a member of network {net!r}", ("hosts", name, "interfaces", net))
+    for nname, net in topo.networks.items():
+        if name in net.members and nname not in host.interfaces:
+            fail(
+                f"ssh host {name!r} is on network {nname!r}: say which interface "
+                f"(interfaces: {{{nname}: IFNAME}})",
+                ("hosts", name),
+            )
+
+
+def _resolve_paths(topo: Topology, base: Path) -> None:
+    """Key and known_hosts paths: `~` expanded, relative ones from the topology's folder."""
+    for host in topo.hosts.values():
+        for f in ("key_file", "known_hosts"):
+            p = getattr(host, f)
+            if p is not None:
+                p = p.expanduser()
+                setattr(host, f, p if p.is_absolute() else base / p)
+
+
 def load_topology(path: str | Path) -> Topology:
     doc = load_yaml_file(path)
     if not isinstance(doc.data, dict):
@@ -191,5 +259,6 @@ def load_topology(path: str | Path) -> Topology:
         )
     topo = validate(Topology, doc)
     _check_references(topo, doc)
+    _resolve_paths(topo, Path(path).resolve().parent)
     topo.source = str(path)
     return topo

@@ -1,0 +1,369 @@
+"""SSH hosts against a real sshd in a scratch namespace; the ssh fields of a topology.
+
+The root namespace plays the operator (as in the ssh-local design): a veth joins
+it to the namespace, where sshd listens with key authentication only. No mocks:
+every error below is what paramiko and sshd really do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import pytest
+from leaks import root_listeners
+from pyroute2 import IPRoute, netns
+
+from testbed.errors import InputError, LabError
+from testbed.hosts.ledger import Ledger
+from testbed.hosts.procs import pids_in_netns, stop_netns_processes, stop_recorded
+from testbed.hosts.ssh import SshHost, stop_remote
+from testbed.hosts.sshd import SSHD, Sshd, start_sshd
+from testbed.model.topology import load_topology
+from testbed.net.links import create_netns, remove_netns
+
+REPO = Path(__file__).resolve().parent.parent
+PORT = 2222
+
+
+@dataclass
+class SshLab:
+    netns: str
+    outer: str
+    address: str  # sshd's address, inside the namespace
+    absent: str  # an address on the same veth that nobody answers
+    sshd: Sshd
+    ledger: Ledger
+    tmp: Path
+
+    def host(self, **kw: object) -> SshHost:
+        args: dict[str, object] = {
+            "port": PORT,
+            "key_file": self.sshd.client_key,
+            "known_hosts": self.sshd.known_hosts,
+            "state_dir": PurePosixPath(self.tmp / "remote"),
+        }
+        args.update(kw)
+        return SshHost("hv1", str(args.pop("address", self.address)), **args)  # type: ignore[arg-type]
+
+
+def _sshd_pids(state_dir: Path) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(state_dir) in cmd and "sshd" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: makes a network namespace and runs sshd")
+    if not SSHD.exists():
+        pytest.skip("openssh-server is not installed")
+    tmp = tmp_path_factory.mktemp("ssh")
+    pid = os.getpid()
+    ns, outer = f"tbssh{pid}", f"tbs{pid}o"
+    base = 8 * (pid % 32)  # a /29 of 198.19.254.0/24 per test process
+    near, addr, absent = (f"198.19.254.{base + i}" for i in (1, 2, 3))
+    ledger = Ledger(tmp / "ledger.jsonl")
+    create_netns(ns, ledger)
+    sshd: Sshd | None = None
+    try:
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=outer, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+            idx = ipr.link_lookup(ifname=outer)[0]
+            ipr.addr("add", index=idx, address=near, prefixlen=29)
+            ipr.link("set", index=idx, state="up")
+        with IPRoute(netns=ns) as ipr:
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=idx, address=addr, prefixlen=29)
+            ipr.link("set", index=idx, state="up")
+        sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger)
+        yield SshLab(ns, outer, addr, absent, sshd, ledger, tmp)
+    finally:
+        for e in reversed(ledger.of_kind("process")):
+            stop_recorded(e["pid"], e.get("start_time"))
+        if sshd is not None:
+            sshd.stop()
+        stop_netns_processes(ns)  # sessions and detached processes left in the namespace
+        remove_netns(ns)  # takes the veth pair with it
+    # only what is ours: other labs may come and go on this machine meanwhile
+    assert ns not in netns.listnetns()
+    with IPRoute() as ipr:
+        assert ipr.link_lookup(ifname=outer) == []
+    assert _sshd_pids(tmp / "sshd") == []
+    port_hex = f":{PORT:04X}"
+    assert not [x for x in root_listeners() if x.endswith(port_hex)], "sshd listened in root"
+
+
+# -- commands ---------------------------------------------------------------------------
+def test_run_returns_stdout_stderr_and_exit_code(lab: SshLab) -> None:
+    with lab.host() as h:
+        res = h.run(["sh", "-c", "echo out; echo err >&2; exit 3"], check=False)
+        assert (res.returncode, res.stdout, res.stderr) == (3, "out\n", "err\n")
+        assert h.run(["echo", "it's a  'quoted' $HOME"]).stdout == "it's a  'quoted' $HOME\n"
+        # runs in the namespace sshd lives in: its eth0 carries the address we dialled
+        assert lab.address in h.run(["ip", "-4", "-o", "addr", "show", "eth0"]).stdout
+
+
+def test_failing_command_names_host_and_command(lab: SshLab) -> None:
+    with lab.host() as h:
+        with pytest.raises(LabError) as ei:
+            h.run(["ls", "/no/such/dir"])
+        msg = str(ei.value)
+        assert msg.startswith("hv1: ls /no/such/dir failed (2)"), msg
+        assert "No such file" in msg
+        with pytest.raises(LabError, match=r"^hv1: cannot run no-such-tool"):
+            h.run(["no-such-tool", "--flag"])
+        with pytest.raises(LabError, match=r"hv1: sleep 5 did not finish in 0.5 s"):
+            h.run(["sleep", "5"], timeout=0.5)
+
+
+def test_env_is_the_whole_environment_and_stdin_is_fed(lab: SshLab) -> None:
+    with lab.host() as h:
+        res = h.run(["env"], env={"GREETING": "a b 'c'", "PATH": "/usr/bin:/bin"})
+        assert sorted(res.stdout.splitlines()) == ["GREETING=a b 'c'", "PATH=/usr/bin:/bin"]
+        big = "line\n" * 200_000  # 1 MB: more than the SSH window, fed while output is read
+        assert h.run(["wc", "-l"], input=big).stdout.strip() == "200000"
+        assert h.run(["cat"], input="héllo\n").stdout == "héllo\n"
+
+
+def test_openssh_argv_runs_with_the_same_key_and_host_key_check(lab: SshLab) -> None:
+    h = lab.host()
+    res = subprocess.run(h.argv(["echo", "a  b"]), capture_output=True, text=True, timeout=30)
+    assert (res.returncode, res.stdout) == (0, "a  b\n"), res.stderr
+    assert "StrictHostKeyChecking=yes" in h.argv(["true"])
+
+
+# -- long-lived processes ---------------------------------------------------------------
+def test_popen_outlives_the_session_and_is_stopped_by_pid(lab: SshLab) -> None:
+    h = lab.host()
+    proc = h.popen(["sleep", "300"])
+    h.record_process(lab.ledger, proc, name="sleeper")
+    stat = h.run(["cat", f"/proc/{proc.pid}/stat"]).stdout
+    fields = stat.rsplit(")", 1)[1].split()
+    assert "(sleep)" in stat and int(fields[19]) == proc.start_time
+    assert int(fields[3]) == int(fields[1]), "detached: its parent leads its own session"
+    h.close()  # the SSH session ends; the process does not
+    assert pids_in_netns(lab.netns).count(proc.pid) == 1
+    assert proc.poll() is None  # reconnects on use
+
+    # teardown's view: only the ledger entry and a fresh connection
+    (entry,) = [e for e in lab.ledger.of_kind("remote-process") if e["pid"] == proc.pid]
+    assert entry.fields == {
+        "host": "hv1",
+        "pid": proc.pid,
+        "start_time": proc.start_time,
+        "name": "sleeper",
+    }
+    with lab.host() as later:
+        assert stop_remote(later, entry.fields, grace_s=2)
+        assert later.run(["test", "-e", f"/proc/{proc.pid}"], check=False).returncode == 1
+        # a recorded pid whose start time differs is somebody else's: left alone
+        other = later.popen(["sleep", "300"])
+        assert later.stop_process(other.pid, other.start_time + 1)
+        assert other.poll() is None
+        other.kill()
+        assert other.wait(5) == -9
+    assert proc.wait(5) == -15
+
+
+def test_popen_output_to_a_remote_log_and_exit_code(lab: SshLab) -> None:
+    log = lab.tmp / "remote-logs" / "job.log"
+    with lab.host() as h:
+        h.run(["mkdir", "-p", str(log.parent)])
+        proc = h.popen(
+            ["sh", "-c", 'echo "out $X"; echo err >&2; exit 3'],
+            stdout=PurePosixPath(log),
+            env={"X": "1"},
+        )
+        assert proc.wait(10) == 3
+        assert h.run(["cat", str(log)]).stdout.splitlines() == ["out 1", "err"]
+        stopped = h.popen(["sleep", "300"])
+        stopped.terminate()
+        assert stopped.wait(5) == -15
+        with pytest.raises(LabError, match="must be DEVNULL or a path on hv1"):
+            with open(lab.tmp / "local.log", "wb") as f:
+                h.popen(["true"], stdout=f)
+        with pytest.raises(LabError, match="local file descriptors"):
+            h.popen(["true"], pass_fds=[0])
+        # nothing left behind by finished processes
+        assert h.run(["ls", "-A", str(lab.tmp / "remote" / "proc")]).stdout == ""
+
+
+# -- files ------------------------------------------------------------------------------
+def test_put_and_get_round_trip(lab: SshLab) -> None:
+    src = lab.tmp / "blob.bin"
+    data = os.urandom(300_000)
+    src.write_bytes(data)
+    src.chmod(0o640)
+    remote = lab.tmp / "remote-files" / "deep" / "blob.bin"
+    back = lab.tmp / "back" / "blob.bin"
+    with lab.host() as h:
+        h.put(src, remote)
+        assert h.run(["stat", "-c", "%a", str(remote)]).stdout.strip() == "640"
+        h.get(remote, back)
+        with pytest.raises(LabError, match=r"hv1: cannot copy /no/such/file to .*no such file"):
+            h.get(Path("/no/such/file"), lab.tmp / "x")
+    assert back.read_bytes() == data
+
+
+# -- connection errors ------------------------------------------------------------------
+def test_wrong_key_is_refused_clearly_without_showing_the_key(
+    lab: SshLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = lab.tmp / "wrong_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)], check=True)
+    secret = "".join(wrong.read_text().splitlines()[1:-1])
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(LabError) as ei:
+        lab.host(key_file=wrong).run(["true"])
+    msg = str(ei.value)
+    assert f"authentication failed for root@{lab.address}:{PORT} with key {wrong}" in msg
+    assert "authorized_keys" in msg  # what to do
+    assert secret not in msg and secret not in caplog.text
+
+
+def test_unreachable_port_and_address(lab: SshLab) -> None:
+    with pytest.raises(LabError) as ei:
+        lab.host(port=PORT + 1).run(["true"])
+    assert f"cannot reach {lab.address}:{PORT + 1}: connection refused" in str(ei.value)
+    t0 = time.monotonic()
+    with pytest.raises(LabError) as ei:
+        lab.host(address=lab.absent, connect_timeout=1.0).run(["true"])
+    assert f"cannot reach {lab.absent}:{PORT}: connection timed out after 1 s" in str(ei.value)
+    assert time.monotonic() - t0 < 5
+
+
+def test_host_key_mismatch_is_refused_with_both_fingerprints(lab: SshLab) -> None:
+    other = lab.tmp / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kh = lab.tmp / "known_hosts_other"
+    kind, b64 = other.with_suffix(".pub").read_text().split()[:2]
+    kh.write_text(f"[{lab.address}]:{PORT} {kind} {b64}\n")
+
+    def fp(pub: Path) -> str:
+        return subprocess.run(
+            ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+        ).stdout.split()[1]
+
+    with pytest.raises(LabError) as ei:
+        lab.host(known_hosts=kh).run(["true"])
+    msg = str(ei.value)
+    real = fp(lab.sshd.host_key.with_suffix(".pub"))
+    assert f"host key of {lab.address} does not match known_hosts {kh}" in msg
+    assert f"expected ssh-ed25519 {fp(other.with_suffix('.pub'))}, got ssh-ed25519 {real}" in msg
+
+
+def test_unknown_host_is_refused_and_never_added(lab: SshLab) -> None:
+    kh = lab.tmp / "known_hosts_empty"
+    kh.write_text("# nobody yet\n")
+    with pytest.raises(LabError) as ei:
+        lab.host(known_hosts=kh).run(["true"])
+    msg = str(ei.value)
+    assert f"host key of {lab.address}:{PORT} (ssh-ed25519 SHA256:" in msg
+    assert f"is not in known_hosts {kh}; refusing to connect" in msg
+    assert "ssh-keyscan" in msg and "ssh-keygen -lf" in msg  # how to add it, safely
+    assert kh.read_text() == "# nobody yet\n"
+    with pytest.raises(LabError, match="known_hosts .* does not exist"):
+        lab.host(known_hosts=lab.tmp / "missing").run(["true"])
+
+
+# -- pure parts: command lines and the topology ------------------------------------------
+def test_command_line_quotes_and_uses_sudo_only_for_other_users() -> None:
+    qe = SshHost("c", "192.0.2.21", user="qe", sudo=True)
+    assert qe.command_line(["ls", "a b"], env={"X": "1"}) == "sudo -n -- env -i X=1 ls 'a b'"
+    root = SshHost("c", "192.0.2.21", sudo=True)
+    assert root.command_line(["ls", "$HOME"]) == "ls '$HOME'"
+
+
+def test_lab_example_topology_loads() -> None:
+    t = load_topology(REPO / "topologies" / "lab-example.yaml")
+    assert {n: h.kind for n, h in t.hosts.items()} == {"hv1": "ssh", "hv2": "ssh", "client": "ssh"}
+    assert t.hypervisors() == ["hv1", "hv2"] and t.clients() == ["client"]
+    client = t.hosts["client"]
+    assert (client.user, client.port, client.sudo) == ("qe", 2222, True)
+    assert client.interfaces == {"display": "enp3s0"}
+    assert t.hosts["hv1"].key_file == Path("~/.ssh/testbed_lab_ed25519").expanduser()
+    host = SshHost.from_spec("client", client)
+    assert host.target == "qe@192.0.2.21:2222" and host.sudo
+
+
+SSH_TOPO = """\
+name: t
+hosts:
+  src:
+    kind: ssh
+    roles: [hypervisor]
+    address: 192.0.2.1
+    key_file: keys/lab
+    interfaces: {display: eth1}
+  client: {roles: [client]}
+networks:
+  display:
+    subnet: 198.18.1.0/24
+    members: [client, src]
+"""
+
+
+def test_ssh_host_paths_are_read_from_the_topology_folder(tmp_path: Path) -> None:
+    p = tmp_path / "topo.yaml"
+    p.write_text(SSH_TOPO)
+    t = load_topology(p)
+    assert t.hosts["src"].key_file == tmp_path / "keys" / "lab"
+    assert t.hosts["src"].port == 22 and t.hosts["src"].user == "root"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "words"),
+    [
+        (
+            "  client: {roles: [client]}",
+            "  client: {roles: [client], user: qe}",
+            9,
+            "hosts.client.user",
+            "only for hosts of kind ssh",
+        ),
+        ("    address: 192.0.2.1\n", "", 3, "hosts.src", "needs address"),
+        (
+            "interfaces: {display: eth1}",
+            "interfaces: {display: eth1, storage: eth2}",
+            8,
+            "hosts.src.interfaces.storage",
+            "no network 'storage'",
+        ),
+        ("interfaces: {display: eth1}", "interfaces: {}", 3, "hosts.src", "which interface"),
+        (
+            "interfaces: {display: eth1}",
+            "interfaces: {display: a-name-far-too-long}",
+            8,
+            "hosts.src.interfaces",
+            "not an interface name",
+        ),
+        ("address: 192.0.2.1", "address: root@192.0.2.1", 6, "hosts.src.address", "pattern"),
+        ("kind: ssh\n", "kind: ssh\n    port: 0\n", 5, "hosts.src.port", "greater than"),
+    ],
+)
+def test_bad_ssh_hosts_name_line_and_field(
+    tmp_path: Path, old: str, new: str, line: int, field: str, words: str
+) -> None:
+    assert old in SSH_TOPO
+    p = tmp_path / "topo.yaml"
+    p.write_text(textwrap.dedent(SSH_TOPO.replace(old, new)))
+    with pytest.raises(InputError) as ei:
+        load_topology(p)
+    e = ei.value
+    assert (e.line, e.field) == (line, field), str(e)
+    assert words in str(e)
