@@ -98,7 +98,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
         if sshd is not None:
             sshd.stop()
         stop_netns_processes(ns)  # sessions and detached processes left in the namespace
-        remove_netns(ns)  # takes the veth pair with it
+        with IPRoute() as ipr:
+            for idx in ipr.link_lookup(ifname=outer):  # the kernel frees a netns lazily
+                ipr.link("del", index=idx)
+        remove_netns(ns)
     # only what is ours: other labs may come and go on this machine meanwhile
     assert ns not in netns.listnetns()
     with IPRoute() as ipr:
@@ -367,3 +370,116 @@ def test_bad_ssh_hosts_name_line_and_field(
     e = ei.value
     assert (e.line, e.field) == (line, field), str(e)
     assert words in str(e)
+
+
+# -- inventory --------------------------------------------------------------------------
+INVENTORY = """\
+all:
+  vars:
+    user: root
+    key_file: keys/lab_ed25519
+    known_hosts: keys/known_hosts
+    ansible_python_interpreter: /usr/bin/python3
+  children:
+    hypervisors:
+      vars:
+        interfaces: {migration: eno2}
+      hosts:
+        hv1.example:
+          ansible_host: 192.0.2.11
+          interfaces: {display: eno1}
+        hv2.example:
+          ansible_host: 192.0.2.12
+          ansible_port: 2200
+    clients:
+      hosts:
+        desk:
+          ansible_host: 192.0.2.21
+          ansible_user: qe
+          ansible_become: true
+"""
+
+INV_TOPO = """\
+name: t
+inventory: inv/hosts.yaml
+hosts:
+  src: {from_inventory: hv1.example, roles: [hypervisor]}
+  dst: {from_inventory: hv2.example, roles: [hypervisor], port: 22, interfaces: {display: em1}}
+  client: {from_inventory: desk, roles: [client], interfaces: {display: eth0}}
+networks:
+  display:
+    subnet: 198.18.1.0/24
+    members: [client, src, dst]
+  migration:
+    subnet: 198.18.2.0/24
+    members: [src, dst]
+"""
+
+
+def _inv_files(tmp_path: Path, inventory: str = INVENTORY, topo: str = INV_TOPO) -> Path:
+    (tmp_path / "inv").mkdir(exist_ok=True)
+    (tmp_path / "inv" / "hosts.yaml").write_text(inventory)
+    (tmp_path / "topo.yaml").write_text(topo)
+    return tmp_path / "topo.yaml"
+
+
+def test_hosts_from_an_inventory_merge_as_in_ansible(tmp_path: Path) -> None:
+    t = load_topology(_inv_files(tmp_path))
+    src, dst, client = (t.hosts[n] for n in ("src", "dst", "client"))
+    assert (src.kind, src.address, src.port, src.user) == ("ssh", "192.0.2.11", 22, "root")
+    assert src.interfaces == {"migration": "eno2", "display": "eno1"}  # group + host
+    assert src.key_file == tmp_path / "inv" / "keys" / "lab_ed25519"  # from the inventory's folder
+    assert dst.port == 22, "the topology's own field wins over the inventory"
+    assert dst.interfaces == {"migration": "eno2", "display": "em1"}
+    assert (client.user, client.sudo, client.address) == ("qe", True, "192.0.2.21")
+
+
+@pytest.mark.parametrize(
+    ("inventory", "topo", "where", "words"),
+    [
+        (
+            INVENTORY.replace("ansible_port: 2200", "ansible_port: lots"),
+            INV_TOPO,
+            ("hosts.yaml:17", "port"),
+            "valid integer",
+        ),
+        (
+            INVENTORY.replace("user: root", "colour: red"),
+            INV_TOPO,
+            ("hosts.yaml:3", "all.vars.colour"),
+            "unknown variable 'colour'",
+        ),
+        (
+            INVENTORY.replace("  children:", "  childs:"),
+            INV_TOPO,
+            ("hosts.yaml:7", "all.childs"),
+            "a group has only hosts, vars, children",
+        ),
+        (
+            INVENTORY,
+            INV_TOPO.replace("from_inventory: desk", "from_inventory: laptop"),
+            ("topo.yaml:6", "hosts.client.from_inventory"),
+            "no host 'laptop' in inventory",
+        ),
+        (
+            INVENTORY,
+            INV_TOPO.replace("inventory: inv/hosts.yaml\n", ""),
+            ("topo.yaml:3", "hosts.src.from_inventory"),
+            "needs an inventory: PATH",
+        ),
+        (
+            INVENTORY,
+            INV_TOPO.replace("inv/hosts.yaml", "inv/nothing.yaml"),
+            ("topo.yaml:2", "inventory"),
+            "no such inventory file",
+        ),
+    ],
+)
+def test_inventory_errors_point_at_their_file_and_line(
+    tmp_path: Path, inventory: str, topo: str, where: tuple[str, str], words: str
+) -> None:
+    with pytest.raises(InputError) as ei:
+        load_topology(_inv_files(tmp_path, inventory, topo))
+    msg = str(ei.value)
+    assert where[0] in msg and where[1] in (ei.value.field or ""), msg
+    assert words in msg

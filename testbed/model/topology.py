@@ -45,7 +45,16 @@ class Strict(BaseModel):
 
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-SSH_FIELDS = ("address", "port", "user", "key_file", "known_hosts", "sudo", "interfaces")
+SSH_FIELDS = (
+    "address",
+    "port",
+    "user",
+    "key_file",
+    "known_hosts",
+    "sudo",
+    "interfaces",
+    "from_inventory",
+)
 
 
 class HostSpec(Strict):
@@ -71,6 +80,9 @@ class HostSpec(Strict):
     sudo: bool = Field(False, description="prefix commands with sudo -n when user is not root")
     interfaces: dict[str, str] = Field(
         default_factory=dict, description="network name -> interface name on this host"
+    )
+    from_inventory: str | None = Field(
+        None, description="take the fields above from this host of the topology's inventory"
     )
 
     @field_validator("interfaces")
@@ -122,6 +134,7 @@ class Topology(Strict):
     networks: dict[str, NetworkSpec] = Field(default_factory=dict)
     links: list[LinkSpec] = Field(default_factory=list)
     guests: dict[str, GuestSpec] = Field(default_factory=dict)
+    inventory: Path | None = Field(None, description="Ansible-style file of ssh hosts")
     source: str | None = Field(None, exclude=True)
 
     def hypervisors(self) -> list[str]:
@@ -217,6 +230,9 @@ def _check_host_kind(
     topo: Topology, name: str, host: HostSpec, fail: Callable[[str, tuple[str | int, ...]], None]
 ) -> None:
     """SSH fields belong to ssh hosts; an ssh host has an address and an interface per network."""
+    if host.from_inventory is not None and topo.inventory is None:
+        where = ("hosts", name, "from_inventory")
+        fail("from_inventory needs an inventory: PATH at the top of the topology", where)
     if host.kind == "local":
         for f in SSH_FIELDS:
             if f in host.model_fields_set:
@@ -241,6 +257,48 @@ def _check_host_kind(
             )
 
 
+def _merge_inventory(doc: YamlDoc, base: Path) -> None:
+    """Fill hosts that say `from_inventory` from the inventory; their own fields win."""
+    data = doc.data
+    raw_inv, hosts = data.get("inventory"), data.get("hosts")
+    if not isinstance(raw_inv, str) or not isinstance(hosts, dict):
+        return  # absent, or wrong: the schema says so with the line
+    from testbed.model.inventory import load_inventory  # it builds on HostSpec
+
+    inv_path = Path(raw_inv).expanduser()
+    inv_path = inv_path if inv_path.is_absolute() else base / inv_path
+    data["inventory"] = str(inv_path)
+    inv = None
+    for name, raw in hosts.items():
+        if not isinstance(raw, dict) or not isinstance(raw.get("from_inventory"), str):
+            continue
+        if inv is None:
+            if not inv_path.exists():
+                raise InputError(
+                    f"no such inventory file {inv_path}",
+                    file=doc.file,
+                    line=doc.line_of(("inventory",)),
+                    field="inventory",
+                )
+            inv = load_inventory(inv_path)
+        ref = raw["from_inventory"]
+        if ref not in inv.hosts:
+            path = ("hosts", name, "from_inventory")
+            raise InputError(
+                f"no host {ref!r} in inventory {inv.file} (hosts: {', '.join(inv.hosts)})",
+                file=doc.file,
+                line=doc.line_of(path),
+                field=dotted(path),
+            )
+        found = inv.host(ref)
+        raw.setdefault("kind", "ssh")
+        for key, value in found.items():
+            if key == "interfaces" and isinstance(raw.get(key), dict):
+                raw[key] = {**value, **raw[key]}
+            else:
+                raw.setdefault(key, value)
+
+
 def _resolve_paths(topo: Topology, base: Path) -> None:
     """Key and known_hosts paths: `~` expanded, relative ones from the topology's folder."""
     for host in topo.hosts.values():
@@ -257,8 +315,10 @@ def load_topology(path: str | Path) -> Topology:
         raise InputError(
             "a topology is a mapping with name, hosts, networks", file=doc.file, line=1
         )
+    base = Path(path).resolve().parent
+    _merge_inventory(doc, base)
     topo = validate(Topology, doc)
     _check_references(topo, doc)
-    _resolve_paths(topo, Path(path).resolve().parent)
+    _resolve_paths(topo, base)
     topo.source = str(path)
     return topo
