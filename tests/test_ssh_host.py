@@ -239,6 +239,23 @@ def test_wrong_key_is_refused_clearly_without_showing_the_key(
     assert secret not in msg and secret not in caplog.text
 
 
+def test_missing_or_encrypted_key_is_named_before_connecting(tmp_path: Path) -> None:
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    h = SshHost("hv1", "192.0.2.1", key_file=tmp_path / "nokey", known_hosts=kh)
+    with pytest.raises(LabError, match=f"hv1: key file {tmp_path}/nokey does not exist"):
+        h.run(["true"])
+    locked = tmp_path / "locked_ed25519"
+    phrase = "correct horse battery staple"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", phrase, "-f", str(locked)], check=True
+    )
+    with pytest.raises(LabError) as ei:
+        SshHost("hv1", "192.0.2.1", key_file=locked, known_hosts=kh).run(["true"])
+    assert f"key file {locked} is protected by a passphrase" in str(ei.value)
+    assert phrase not in str(ei.value)
+
+
 def test_unreachable_port_and_address(lab: SshLab) -> None:
     with pytest.raises(LabError) as ei:
         lab.host(port=PORT + 1).run(["true"])

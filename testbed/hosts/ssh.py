@@ -264,7 +264,7 @@ class SshHost(Host):
             pkey = paramiko.PKey.from_path(key_path)
         except FileNotFoundError:
             raise LabError(f"{self.name}: key file {key_path} does not exist") from None
-        except paramiko.PasswordRequiredException:
+        except (paramiko.PasswordRequiredException, TypeError):  # cryptography: TypeError
             raise LabError(
                 f"{self.name}: key file {key_path} is protected by a passphrase",
                 hint="give the lab a key of its own without a passphrase, readable only by you",

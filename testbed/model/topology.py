@@ -75,7 +75,7 @@ class HostSpec(Strict):
     user: str = Field("root", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
     key_file: Path | None = Field(None, description="private key; default ~/.ssh/id_ed25519")
     known_hosts: Path | None = Field(
-        None, description="host keys are checked against it, never added; default ~/.ssh"
+        None, description="host keys are checked against it, never added (~/.ssh/known_hosts)"
     )
     sudo: bool = Field(False, description="prefix commands with sudo -n when user is not root")
     interfaces: dict[str, str] = Field(
