@@ -16,7 +16,7 @@ from typing import Any
 
 import libvirt
 
-from testbed.errors import LabError, TestbedError
+from testbed.errors import InputError, LabError, TestbedError
 from testbed.hosts.display import XDisplay, start_xvfb
 from testbed.hosts.ledger import Ledger
 from testbed.hosts.local import LocalHost
@@ -113,6 +113,12 @@ class Lab:
     def up(
         cls, topology: Topology, *, progress: Progress = _quiet, lab_id: str | None = None
     ) -> Lab:
+        remote = [n for n, h in topology.hosts.items() if h.kind != "local"]
+        if remote:
+            raise InputError(
+                f"hosts {', '.join(remote)} are kind ssh; this version brings up only local "
+                "labs (the SSH lab is not finished)", file=topology.source,
+                field=f"hosts.{remote[0]}.kind")
         lid, d = new_lab_dir(lab_id)
         record = LabRecord(
             lid,
