@@ -43,40 +43,50 @@ from testbed.virt.migration import Migration
 log = logging.getLogger(__name__)
 
 SPICE_MIGRATE_TIMEOUT_S = 10.0  # spice-server's MIGRATE_TIMEOUT for the client's pre-connect
-DEFAULT_DOWNTIME_MS = 300       # QEMU's default downtime-limit
+DEFAULT_DOWNTIME_MS = 300  # QEMU's default downtime-limit
 UNLIMITED_MIB = 8192
 Notify = Callable[..., None]
 
 
 @dataclass
 class GuardConfig:
-    client_addr: str                      # the client's address as the hypervisors see it
-    dst_display_addr: str                 # the destination's display address as the client sees it
+    client_addr: str  # the client's address as the hypervisors see it
+    dst_display_addr: str  # the destination's display address as the client sees it
     hold_bandwidth_mib: int = 1
     hold_downtime_ms: int = 1
     resend_after_s: float = SPICE_MIGRATE_TIMEOUT_S
     give_up_s: float = 90.0
-    settle_s: float = 0.3                 # channel counts must be stable this long to release
+    settle_s: float = 0.3  # channel counts must be stable this long to release
 
 
 @dataclass
 class GuardReport:
-    result: str = "watching"    # watching, not-needed, released, gave-up, migration-ended
+    result: str = "watching"  # watching, not-needed, released, gave-up, migration-ended
     actions: list[dict[str, Any]] = field(default_factory=list)
     held_s: float = 0.0
     client_migrate_info_sent: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"result": self.result, "held_s": round(self.held_s, 3),
-                "client_migrate_info_sent": self.client_migrate_info_sent,
-                "actions": self.actions}
+        return {
+            "result": self.result,
+            "held_s": round(self.held_s, 3),
+            "client_migrate_info_sent": self.client_migrate_info_sent,
+            "actions": self.actions,
+        }
 
 
 class SpiceGuard:
     """Runs beside one Migration; start() before or right after migration.start()."""
 
-    def __init__(self, migration: Migration, events: GraphicsEventLog, src_host: str,
-                 dst_host: str, config: GuardConfig, notify: Notify | None = None) -> None:
+    def __init__(
+        self,
+        migration: Migration,
+        events: GraphicsEventLog,
+        src_host: str,
+        dst_host: str,
+        config: GuardConfig,
+        notify: Notify | None = None,
+    ) -> None:
         self.m = migration
         self.events = events
         self.src, self.dst = src_host, dst_host
@@ -175,9 +185,13 @@ class SpiceGuard:
         self.m.set_bandwidth(self.cfg.hold_bandwidth_mib)
         self.m.dom.migrateSetMaxDowntime(self.cfg.hold_downtime_ms, 0)
         self._hold_since = time.monotonic()
-        self._act("hold", client_channels_src=on_src, client_channels_dst=on_dst,
-                  bandwidth_mib=self.cfg.hold_bandwidth_mib,
-                  downtime_ms=self.cfg.hold_downtime_ms)
+        self._act(
+            "hold",
+            client_channels_src=on_src,
+            client_channels_dst=on_dst,
+            bandwidth_mib=self.cfg.hold_bandwidth_mib,
+            downtime_ms=self.cfg.hold_downtime_ms,
+        )
 
     def _release(self, why: str) -> None:
         if self._hold_since is None:
@@ -206,11 +220,18 @@ class SpiceGuard:
 
     def _send_client_migrate_info(self, why: str) -> None:
         port = self._destination_port()
-        cmd = json.dumps({"execute": "client_migrate_info", "arguments": {
-            "protocol": "spice", "hostname": self.cfg.dst_display_addr, "port": port}})
+        cmd = json.dumps(
+            {
+                "execute": "client_migrate_info",
+                "arguments": {
+                    "protocol": "spice",
+                    "hostname": self.cfg.dst_display_addr,
+                    "port": port,
+                },
+            }
+        )
         answer = libvirt_qemu.qemuMonitorCommand(self.m.dom, cmd, 0)
         self._last_cmi = time.monotonic()
         self.report.client_migrate_info_sent += 1
         ok = '"return"' in answer
-        self._act("client_migrate_info", why=why, host=self.cfg.dst_display_addr, port=port,
-                  ok=ok)
+        self._act("client_migrate_info", why=why, host=self.cfg.dst_display_addr, port=port, ok=ok)
