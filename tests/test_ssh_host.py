@@ -7,9 +7,11 @@ every error below is what paramiko and sshd really do.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -500,3 +502,37 @@ def test_inventory_errors_point_at_their_file_and_line(
     msg = str(ei.value)
     assert where[0] in msg and where[1] in (ei.value.field or ""), msg
     assert words in msg
+
+
+# -- doctor over SSH ----------------------------------------------------------------------
+def test_doctor_checks_every_host_of_a_topology_over_ssh(lab: SshLab) -> None:
+    ssh = (
+        f"kind: ssh, address: {lab.address}, key_file: {lab.sshd.client_key}, "
+        f"known_hosts: {lab.sshd.known_hosts}, interfaces: {{display: eth0}}"
+    )
+    topo = lab.tmp / "doctor.yaml"
+    topo.write_text(
+        "name: doctor\n"
+        "hosts:\n"
+        f"  hv1: {{roles: [hypervisor], port: {PORT}, {ssh}}}\n"
+        f"  cl: {{roles: [client], port: {PORT}, {ssh}}}\n"
+        f"  hv2: {{roles: [hypervisor], port: {PORT + 1}, {ssh}}}\n"
+        "networks:\n"
+        "  display: {subnet: 198.18.1.0/24, members: [hv1, cl, hv2]}\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "testbed", "doctor", "--topology", str(topo), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1, res.stderr  # hv2 cannot be reached
+    checks = json.loads(res.stdout)["checks"]
+    by = {(c["host"], c["name"]): c for c in checks}
+    assert by[("hv1", "QEMU")]["ok"] and by[("hv1", "libvirtd")]["ok"]
+    assert by[("cl", "remote-viewer")]["ok"] and ("cl", "QEMU") not in by  # by role
+    assert by[("hv1", "python3 with pyroute2")]["name"]
+    refused = by[("hv2", "connect")]
+    assert not refused["ok"] and "connection refused" in refused["detail"]
+    secret = lab.sshd.client_key.read_text().splitlines()[1]
+    assert secret not in res.stdout and secret not in res.stderr

@@ -22,6 +22,7 @@ from testbed.cli.common import (
 from testbed.cli.links import links as links_cmd
 from testbed.cli.links import probe as probe_cmd
 from testbed.cli.links import shape as shape_cmd
+from testbed.cli.report import report as report_cmd
 from testbed.cli.run import classify as classify_cmd
 from testbed.cli.run import run as run_cmd
 from testbed.errors import TestbedError
@@ -37,28 +38,33 @@ def cli(verbose: int) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.option("--no-kvm-probe", is_flag=True, help="Do not boot a guest to test KVM.")
+@click.option("--topology", "-t", default=None, help="Check every host of this topology.")
 @friendly_errors
-def doctor(as_json: bool, no_kvm_probe: bool) -> None:
-    """Check that this machine can run the embedded lab."""
-    from testbed.lab.doctor import embedded_lab_ok, run_checks
+def doctor(as_json: bool, no_kvm_probe: bool, topology: str | None) -> None:
+    """Check that this machine (or every host of a topology) can run the lab."""
+    from testbed.lab.doctor import embedded_lab_ok, run_checks, topology_checks
+    from testbed.model.topology import load_topology
 
     with step("checking"):
-        checks = run_checks(probe_kvm=not no_kvm_probe)
-    ok = embedded_lab_ok(checks)
+        if topology:
+            rows = topology_checks(load_topology(topology))
+        else:
+            rows = [("this machine", c) for c in run_checks(probe_kvm=not no_kvm_probe)]
+    ok = embedded_lab_ok([c for _h, c in rows])
     if as_json:
-        out.print_json(json.dumps({"ok": ok, "checks": [c.__dict__ for c in checks]}))
-    else:
-        t = Table("check", "", "detail", "to fix", title="testbed doctor")
-        for c in checks:
-            miss = "[red]MISSING[/]" if c.required else "[yellow]no[/]"
-            mark = "[green]ok[/]" if c.ok else miss
-            t.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
-        out.print(t)
-        out.print(
-            "[green]The embedded lab can run.[/]"
-            if ok
-            else "[red]The embedded lab cannot run: fix the MISSING lines.[/]"
+        out.print_json(
+            json.dumps({"ok": ok, "checks": [{"host": h, **c.__dict__} for h, c in rows]})
         )
+        sys.exit(0 if ok else 1)
+    t = Table("host", "check", "", "detail", "to fix", title="testbed doctor")
+    for h, c in rows:
+        miss = "[red]MISSING[/]" if c.required else "[yellow]no[/]"
+        t.add_row(h, c.name, "[green]ok[/]" if c.ok else miss, c.detail, "" if c.ok else c.fix)
+    out.print(t)
+    what = f"the lab of {topology}" if topology else "The embedded lab"
+    out.print(
+        f"[green]{what} can run.[/]" if ok else f"[red]{what} cannot run: fix the MISSING lines.[/]"
+    )
     sys.exit(0 if ok else 1)
 
 
@@ -260,6 +266,7 @@ cli.add_command(shape_cmd)
 cli.add_command(links_cmd)
 cli.add_command(probe_cmd)
 cli.add_command(classify_cmd)
+cli.add_command(report_cmd)
 
 
 def main() -> None:

@@ -12,6 +12,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from testbed.errors import TestbedError
+from testbed.hosts.base import Host
+from testbed.hosts.ssh import SshHost
+from testbed.model.topology import Topology
 from testbed.net.capabilities import probe_kernel
 
 
@@ -188,3 +192,86 @@ def run_checks(probe_kvm: bool = True) -> list[Check]:
 
 def embedded_lab_ok(checks: list[Check]) -> bool:
     return all(c.ok for c in checks if c.required)
+
+
+# -- every host of a topology ----------------------------------------------------------------
+# (name, argv, roles it matters for (None: all), required, fix)
+REMOTE_CHECKS: list[tuple[str, list[str], set[str] | None, bool, str]] = [
+    ("kernel", ["uname", "-r"], None, True, ""),
+    ("QEMU", ["qemu-system-x86_64", "--version"], {"hypervisor"}, True, "install qemu-system-x86"),
+    ("libvirtd", ["libvirtd", "--version"], {"hypervisor"}, True, "install libvirt-daemon-system"),
+    (
+        "KVM device",
+        ["test", "-c", "/dev/kvm"],
+        {"hypervisor"},
+        False,
+        "enable virtualisation (guests fall back to TCG)",
+    ),
+    ("remote-viewer", ["remote-viewer", "--version"], {"client"}, True, "install virt-viewer"),
+    (
+        "Xvfb",
+        ["sh", "-c", "command -v Xvfb"],
+        {"client"},
+        False,
+        "install xvfb, or give the client a display of its own",
+    ),
+    ("iptables", ["iptables", "--version"], None, True, "install iptables"),
+    (
+        "python3 with pyroute2",
+        ["python3", "-c", "import pyroute2"],
+        None,
+        True,
+        "install python3-pyroute2 (netlink operations run on the host itself)",
+    ),
+    (
+        "sch_netem",
+        ["sh", "-c", "test -e /sys/module/sch_netem || modinfo sch_netem"],
+        None,
+        False,
+        "a kernel with sch_netem (else the userspace engine shapes delay)",
+    ),
+]
+
+
+def host_checks(host: Host, roles: list[str]) -> list[Check]:
+    """Checks run on `host` itself through the Host interface (over SSH for an ssh host)."""
+    out = []
+    for name, argv, wanted, required, fix in REMOTE_CHECKS:
+        if wanted is not None and not wanted & set(roles):
+            continue
+        try:
+            res = host.run(argv, check=False, timeout=30)
+        except TestbedError as e:  # cannot reach the host at all: one line says why
+            return [Check("connect", False, str(e), fix=e.hint or "")]
+        text = (res.stdout or res.stderr).strip().splitlines()
+        out.append(
+            Check(
+                name,
+                res.returncode == 0,
+                text[0][:80] if text else ("present" if res.returncode == 0 else "missing"),
+                required,
+                fix,
+            )
+        )
+    return out
+
+
+def topology_checks(topo: Topology) -> list[tuple[str, Check]]:
+    """One table for a whole topology: local hosts share this machine's checks."""
+    rows: list[tuple[str, Check]] = []
+    local = [n for n, h in topo.hosts.items() if h.kind == "local"]
+    if local:
+        rows += [(", ".join(local), c) for c in run_checks(probe_kvm=False)]
+    for name, spec in topo.hosts.items():
+        if spec.kind != "ssh":
+            continue
+        try:
+            host = SshHost.from_spec(name, spec, connect_timeout=5)
+        except TestbedError as e:
+            rows.append((name, Check("connect", False, str(e), fix=e.hint or "")))
+            continue
+        try:
+            rows += [(name, c) for c in host_checks(host, list(spec.roles))]
+        finally:
+            host.close()
+    return rows
