@@ -69,8 +69,10 @@ def run(
     list_only: bool,
 ) -> None:
     """Run PLAYBOOK(s); exit 0 exactly when every expectation holds."""
+    from testbed.cli.report import print_written
     from testbed.model.playbook import load_playbook, scenario_rows, select
     from testbed.model.topology import load_topology
+    from testbed.report.write import write_reports
     from testbed.runner.run import check_against, default_out_dir, run_playbook
 
     loaded = [load_playbook(p) for p in playbooks]
@@ -116,6 +118,7 @@ def run(
             )
         out.print(verdict_table(result))
         out.print(f"results: {dest / 'result.json'}")
+        print_written(write_reports(dest))  # junit.xml and report.html beside result.json
         all_passed &= result.passed
     sys.exit(0 if all_passed else 1)
 
