@@ -55,8 +55,9 @@ from testbed.model.yamlsrc import (
 
 EMPTY_HINT = "a playbook needs name and steps"
 
-Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost"]
-UsbRedir = Literal["migrated", "reconnected", "lost"]
+# the classifier's words (testbed.spice.classifier), so a playbook can expect any of them
+Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration"]
+UsbRedir = Literal["migrated", "reconnected", "lost", "kept", "none"]
 MigrationResult = Literal["completed", "failed", "aborted"]
 
 DEFAULT_TIMEOUT_MS = 300_000.0  # as the virt layer's MigrationOptions.timeout_s

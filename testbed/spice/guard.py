@@ -136,6 +136,20 @@ class SpiceGuard:
     def _client_on(self, host: str) -> int:
         return self.events.client_channels_on(host, self.cfg.client_addr)
 
+    def _client_rtt_s(self) -> float:
+        """The client's round trip to the destination: the longest connect -> initialize
+        of its channels there (the SPICE link handshake is one round trip)."""
+        connects: dict[str, float] = {}
+        rtt = 0.0
+        for e in self.events.events(self.dst, kind="graphics"):
+            if not e.remote or e.remote[0] != self.cfg.client_addr:
+                continue
+            if e.phase == "connect":
+                connects[e.remote[1]] = e.t
+            elif e.phase == "initialize" and e.remote[1] in connects:
+                rtt = max(rtt, e.t - connects[e.remote[1]])
+        return rtt
+
     def _first_src_connect(self) -> float | None:
         for e in self.events.events(self.src, kind="graphics"):
             if e.remote and e.remote[0] == self.cfg.client_addr and e.phase == "initialize":
@@ -163,8 +177,15 @@ class SpiceGuard:
         # holding
         if on_dst >= max(on_src, 1):
             self._stable_since = self._stable_since or now
-            if now - self._stable_since >= self.cfg.settle_s:
-                self._release(f"client has {on_dst} channel(s) on {self.dst}")
+            # the destination counts a channel once its link handshake is done, but the
+            # client still has to tell the source it is ready (one more trip over its
+            # link): wait two of the client's round trips, as the destination measured it
+            rtt = self._client_rtt_s()
+            if now - self._stable_since >= self.cfg.settle_s + 2 * rtt:
+                self._release(
+                    f"client has {on_dst} channel(s) on {self.dst} "
+                    f"(its round trip there: {rtt * 1000:.0f} ms)"
+                )
                 self.report.result = "released"
             return
         self._stable_since = None
