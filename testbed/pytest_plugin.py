@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,6 +122,9 @@ class PlaybookFile(pytest.File):
         if self.run_result is None or self.out_dir is None:
             root = self.config.getoption("testbed_out")
             default = default_out_dir(self.playbook)
+            worker = os.environ.get("PYTEST_XDIST_WORKER")  # -n N: one run dir per worker
+            if worker:
+                default = default.with_name(f"{default.name}-{worker}")
             self.out_dir = Path(root) / default.name if root else default
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.run_result = RunResult(
