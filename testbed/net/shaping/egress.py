@@ -140,6 +140,16 @@ class EgressState:
         return out
 
 
+def clear_all(egress: dict[tuple[str, str], Egress]) -> None:
+    """Remove every stack in `egress` (what can be removed) and forget them all."""
+    for eg in egress.values():
+        try:
+            eg.clear()
+        except Exception as e:  # noqa: BLE001 - a close removes what it can
+            log.warning("%r: could not clear: %s", eg, e)
+    egress.clear()
+
+
 def burst_bytes(rate_bit: int, mtu: int = 1500) -> int:
     return max(int(rate_bit / 8 * BURST_SECONDS), MIN_BURST_FRAMES * (mtu + 14))
 

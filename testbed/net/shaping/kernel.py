@@ -24,7 +24,7 @@ from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions
 from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
-from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf
+from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf, clear_all
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,5 @@ class KernelNetemEngine(ShapingEngine):
         }
 
     def close(self) -> None:
-        for eg in self._egress.values():
-            try:
-                eg.clear()
-            except Exception as e:  # noqa: BLE001 - close removes what it can
-                log.warning("%r: could not clear: %s", eg, e)
-        self._egress.clear()
+        clear_all(self._egress)
         self._forget()

@@ -39,7 +39,7 @@ from testbed.hosts.nsexec import netns_path, ns_argv
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions, iptables
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
-from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf
+from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf, clear_all
 
 log = logging.getLogger(__name__)
 
@@ -351,10 +351,5 @@ class UserspaceEngine(ShapingEngine):
         for ns in list(self._lines):
             self._stop_line(ns)
         self._line_netns.clear()
-        for eg in self._egress.values():
-            try:
-                eg.clear()
-            except Exception as e:  # noqa: BLE001 - close removes what it can
-                log.warning("%r: could not clear: %s", eg, e)
-        self._egress.clear()
+        clear_all(self._egress)
         self._forget()
