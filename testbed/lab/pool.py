@@ -1,0 +1,138 @@
+"""A host pool: workers lease disjoint sets of hosts, and a crashed worker's lease expires.
+
+The inventory lists more hosts than one scenario needs; each pytest-xdist worker (or any
+process) leases the hosts its scenario needs and releases them after. A lease is one file
+per host in a shared lease directory, written under an exclusive lock; it carries an
+expiry, renewed while the holder works, so hosts held by a worker that died come back
+by themselves once the lease runs out. Nothing here knows what a host is beyond its name
+and roles.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.errors import LabError
+
+
+@dataclass
+class Lease:
+    pool: HostPool
+    owner: str
+    hosts: dict[str, list[str]]  # role -> host names
+    expires: float
+
+    @property
+    def names(self) -> list[str]:
+        return sorted({h for hs in self.hosts.values() for h in hs})
+
+    def renew(self) -> None:
+        self.expires = self.pool._write(self.names, self.owner)
+
+    def release(self) -> None:
+        self.pool._release(self.names, self.owner)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+class HostPool:
+    """Hosts by name with their roles; leases live in `lease_dir` (shared by the workers)."""
+
+    def __init__(self, hosts: Mapping[str, list[str]], lease_dir: Path, ttl_s: float = 900):
+        self.hosts = {name: list(roles) for name, roles in hosts.items()}
+        self.dir = Path(lease_dir)
+        self.ttl_s = ttl_s
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.dir / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _holder(self, host: str, now: float) -> str | None:
+        """Who holds `host` now (None: free, or its lease ran out)."""
+        try:
+            entry = json.loads((self.dir / f"{host}.lease").read_text())
+        except (OSError, ValueError):
+            return None
+        return str(entry["owner"]) if float(entry.get("expires", 0)) > now else None
+
+    def holders(self) -> dict[str, str]:
+        now = time.time()
+        return {h: o for h in self.hosts if (o := self._holder(h, now)) is not None}
+
+    def _write(self, names: list[str], owner: str) -> float:
+        expires = time.time() + self.ttl_s
+        with self._locked():
+            for h in names:
+                if self._holder(h, time.time()) not in (None, owner):
+                    raise LabError(
+                        f"lease of {h} by {owner} was lost (it expired and was "
+                        "taken); renew more often than the lease lasts"
+                    )
+                self._put(h, owner, expires)
+        return expires
+
+    def _put(self, host: str, owner: str, expires: float) -> None:
+        """Write one lease file atomically (callers hold the lock)."""
+        tmp = self.dir / f".{host}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"owner": owner, "pid": os.getpid(), "expires": expires}))
+        tmp.replace(self.dir / f"{host}.lease")
+
+    def _release(self, names: list[str], owner: str) -> None:
+        with self._locked():
+            for h in names:
+                if self._holder(h, time.time()) == owner:
+                    (self.dir / f"{h}.lease").unlink(missing_ok=True)
+
+    def _pick(self, need: Mapping[str, int], now: float) -> dict[str, list[str]] | None:
+        free = [h for h in sorted(self.hosts) if self._holder(h, now) is None]
+        chosen: dict[str, list[str]] = {}
+        taken: set[str] = set()
+        for role, count in need.items():
+            fits = [h for h in free if role in self.hosts[h] and h not in taken][:count]
+            if len(fits) < count:
+                return None
+            chosen[role] = fits
+            taken.update(fits)
+        return chosen
+
+    def lease(
+        self, need: Mapping[str, int], owner: str, *, timeout_s: float = 600, poll_s: float = 0.5
+    ) -> Lease:
+        """Lease `need` (role -> how many hosts), disjoint from every live lease; wait for it."""
+        for role, count in need.items():
+            have = sum(role in roles for roles in self.hosts.values())
+            if count > have:
+                raise LabError(f"the pool has {have} host(s) with role {role}, {count} asked")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._locked():
+                chosen = self._pick(need, time.time())
+                if chosen is not None:
+                    names = sorted({h for hs in chosen.values() for h in hs})
+                    expires = time.time() + self.ttl_s
+                    for h in names:
+                        self._put(h, owner, expires)
+                    return Lease(self, owner, chosen, expires)
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"no free hosts for {dict(need)} after {timeout_s:.0f} s "
+                    f"(held: {self.holders()})"
+                )
+            time.sleep(poll_s)
