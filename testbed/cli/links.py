@@ -49,20 +49,6 @@ def _profile(values: dict[str, str | None]):  # noqa: ANN202 - LinkProfile, impo
         raise InputError(err["msg"].removeprefix("Value error, "), field=field) from None
 
 
-def _network(lab, src: str, dst: str, network: str | None) -> str:  # noqa: ANN001
-    if network:
-        return network
-    shared = [
-        n for n, net in lab.topology.networks.items() if src in net.members and dst in net.members
-    ]
-    if len(shared) != 1:
-        raise InputError(
-            f"{src} and {dst} share {len(shared)} networks "
-            f"({', '.join(shared) or 'none'}); name one with --network"
-        )
-    return shared[0]
-
-
 @click.command()
 @click.argument("src")
 @click.argument("dst")
@@ -93,9 +79,8 @@ def shape(
     from testbed.lab.lab import Lab
     from testbed.lab.links import LabLinks
 
-    lab = Lab.open(find_lab(lab_target).id)
-    net = _network(lab, src, dst, network)
-    links = LabLinks(lab)
+    links = LabLinks(Lab.open(find_lab(lab_target).id))
+    net = network or links.shared_network(src, dst)
     if clear:
         links.clear(net, src, dst, both_ways=both_ways)
         out.print(f"{net}: {src} -> {dst} unshaped" + (" (both ways)" if both_ways else ""))
@@ -168,9 +153,8 @@ def probe(
     from testbed.lab.links import LabLinks
     from testbed.net.probe import probe as run_probe
 
-    lab = Lab.open(find_lab(lab_target).id)
-    net = _network(lab, src, dst, network)
-    ll = LabLinks(lab)
+    ll = LabLinks(Lab.open(find_lab(lab_target).id))
+    net = network or ll.shared_network(src, dst)
     res = run_probe(ll.endpoint(net, src), ll.endpoint(net, dst), pings=pings, goodput_s=goodput_s)
     data = json.loads(res.to_json())
     if as_json:

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import libvirt
 
@@ -82,6 +81,12 @@ class Lab:
                 )
         return out
 
+    def attachment(self, host: str, network: str) -> Attachment:
+        for a in self.attachments():
+            if (a.host, a.network) == (host, network):
+                return a
+        raise KeyError(f"{host} is not on {network}")
+
     def address(self, host: str, network: str) -> str:
         return str(self.topology.address(network, host))
 
@@ -117,8 +122,10 @@ class Lab:
         if remote:
             raise InputError(
                 f"hosts {', '.join(remote)} are kind ssh; this version brings up only local "
-                "labs (the SSH lab is not finished)", file=topology.source,
-                field=f"hosts.{remote[0]}.kind")
+                "labs (the SSH lab is not finished)",
+                file=topology.source,
+                field=f"hosts.{remote[0]}.kind",
+            )
         lid, d = new_lab_dir(lab_id)
         record = LabRecord(
             lid,
@@ -218,10 +225,3 @@ class Lab:
             if rec.id == lab_id:
                 return rec.dir
         raise TestbedError(f"no lab {lab_id!r} (see `testbed status`)")
-
-    def info(self) -> dict[str, Any]:
-        return dict(self.record.info)
-
-
-def find_labs(topology_name: str | None = None) -> list[LabRecord]:
-    return [r for r in list_labs() if topology_name is None or r.topology_name == topology_name]

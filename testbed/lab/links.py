@@ -52,12 +52,22 @@ class LabLinks:
                 f"host {host!r} is not on network {network!r} (members: "
                 f"{', '.join(topo.networks[network].members)})"
             )
-        return Endpoint(
-            host=host,
-            netns=self.lab.netns_of(host),
-            ifname=network[:15],
-            address=self.lab.address(host, network),
-        )
+        a = self.lab.attachment(host, network)
+        return Endpoint(host=host, netns=a.netns, ifname=a.ifname, address=str(a.address.ip))
+
+    def shared_network(self, src: str, dst: str) -> str:
+        """The one network both hosts are on (an error when none or several)."""
+        shared = [
+            n
+            for n, net in self.lab.topology.networks.items()
+            if src in net.members and dst in net.members
+        ]
+        if len(shared) != 1:
+            raise InputError(
+                f"{src} and {dst} share {len(shared)} networks "
+                f"({', '.join(shared) or 'none'}); name one with --network"
+            )
+        return shared[0]
 
     def direction(self, network: str, src: str, dst: str) -> Direction:
         if src == dst:

@@ -35,10 +35,6 @@ class Timeline:
     def now(self) -> float:
         return time.monotonic() - self.t0
 
-    def at(self, monotonic: float) -> float:
-        """Convert a time.monotonic() reading to timeline seconds."""
-        return monotonic - self.t0
-
     def add(self, kind: str, *, t: float | None = None, **data: Any) -> Event:
         ev = Event(self.now() if t is None else t, kind, data)
         with self._lock:
@@ -49,12 +45,6 @@ class Timeline:
     def events(self) -> list[Event]:
         with self._lock:
             return sorted(self._events, key=lambda e: e.t)
-
-    def first(self, kind: str) -> Event | None:
-        return next((e for e in self.events if e.kind == kind), None)
-
-    def of_kind(self, prefix: str) -> list[Event]:
-        return [e for e in self.events if e.kind.startswith(prefix)]
 
     def to_json(self) -> list[dict[str, Any]]:
         return [e.to_json() for e in self.events]
