@@ -172,6 +172,7 @@ def test_popen_outlives_the_session_and_is_stopped_by_pid(lab: SshLab) -> None:
         "pid": proc.pid,
         "start_time": proc.start_time,
         "name": "sleeper",
+            "role": "process",
     }
     with lab.host() as later:
         assert stop_remote(later, entry.fields, grace_s=2)

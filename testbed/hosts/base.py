@@ -3,19 +3,91 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any
+from pathlib import Path, PurePath
+from typing import IO, Any, Protocol
 
 from testbed.errors import LabError
+from testbed.hosts.ledger import Ledger
+
+
+class Process(Protocol):
+    """A long-lived process on some host: subprocess.Popen locally, RemoteProcess over SSH."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
 
 
 class Host(ABC):
-    """A machine of the lab: runs commands, starts processes, moves files."""
+    """A machine of the lab: runs commands, starts processes, moves files.
+
+    Paths given to a host's methods are paths ON that host. Layers above use only
+    these methods (never the local filesystem or local pids for a host's things),
+    so the same code drives a namespace on this machine and a machine over SSH.
+    """
 
     name: str
     kind: str
+    state_dir: PurePath  # where this host keeps the lab's files, on the host
+
+    def module_argv(self, module: str, *args: str) -> list[str]:
+        """The argv that runs `python -m module args` with testbed importable on this host."""
+        return [sys.executable, "-m", module, *args]
+
+    # -- processes ----------------------------------------------------------------------
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        log: PurePath | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
+        """Start a long-lived process; stdout and stderr are appended to `log` on the host."""
+        if log is None:
+            return self.popen(argv, env=env)
+        self.makedirs(log.parent)
+        with open(log, "ab") as out:
+            return self.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    @abstractmethod
+    def record_process(
+        self, ledger: Ledger, proc: Process, kind: str = "process", **fields: Any
+    ) -> None:
+        """Write `proc` to the ledger so teardown can stop it (pid and start time, host)."""
+
+    @abstractmethod
+    def stop(self, proc: Process, grace_s: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s`; returns once the process is gone."""
+
+    # -- files on the host ----------------------------------------------------------------
+    @abstractmethod
+    def write_text(self, path: PurePath, text: str, mode: int = 0o644) -> None:
+        """Write a file on the host (its folder is made)."""
+
+    @abstractmethod
+    def read_bytes(self, path: PurePath, offset: int = 0) -> bytes:
+        """A file's bytes from `offset` on; empty when it does not exist."""
+
+    @abstractmethod
+    def exists(self, path: PurePath) -> bool:
+        """Whether `path` exists on the host."""
+
+    @abstractmethod
+    def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
+        """Make a folder (and its parents) on the host."""
+
+    def read_text(self, path: PurePath) -> str:
+        return self.read_bytes(path).decode("utf-8", errors="replace")
 
     @abstractmethod
     def argv(self, argv: Sequence[str]) -> list[str]:

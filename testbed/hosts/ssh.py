@@ -26,7 +26,7 @@ from typing import IO, Any
 import paramiko
 
 from testbed.errors import LabError
-from testbed.hosts.base import Host
+from testbed.hosts.base import Host, Process
 from testbed.hosts.ledger import Ledger
 from testbed.model.topology import HostSpec
 
@@ -174,6 +174,7 @@ class SshHost(Host):
         interfaces: Mapping[str, str] | None = None,
         state_dir: PurePosixPath = REMOTE_STATE,
         connect_timeout: float = 10.0,
+        python: str = "python3",
     ) -> None:
         self.name = name
         self.address = address
@@ -187,6 +188,9 @@ class SshHost(Host):
         self.interfaces = dict(interfaces or {})
         self.state_dir = PurePosixPath(state_dir)
         self.connect_timeout = connect_timeout
+        self.python = python
+        #: where testbed's own code is on the host (a bundle it was sent), for module_argv
+        self.pythonpath: str | None = None
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self._state_ready = False
@@ -205,6 +209,7 @@ class SshHost(Host):
             known_hosts=spec.known_hosts,
             sudo=spec.sudo,
             interfaces=spec.interfaces,
+            python=spec.python,
             **kw,
         )
 
@@ -413,6 +418,12 @@ class SshHost(Host):
         self, line: str, shown: str, input: str | None = None, timeout: float | None = 60
     ) -> tuple[int, str, str]:
         """Run a shell line as it is (no sudo, no env) on a session of its own."""
+        rc, out, err = self._raw_bytes(line, shown, input, timeout)
+        return rc, out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace")
+
+    def _raw_bytes(
+        self, line: str, shown: str, input: str | None = None, timeout: float | None = 60
+    ) -> tuple[int, bytes, bytes]:
         try:
             chan = self._transport().open_session(timeout=self.connect_timeout)
         except paramiko.SSHException as e:
@@ -429,7 +440,7 @@ class SshHost(Host):
             ) from None
         finally:
             chan.close()
-        return rc, out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace")
+        return rc, out, err
 
     def _ensure_state_dir(self) -> None:
         if not self._state_ready:
@@ -493,9 +504,66 @@ class SshHost(Host):
             f"not {type(target).__name__}"
         )
 
-    def record_process(self, ledger: Ledger, proc: RemoteProcess, **fields: Any) -> None:
+    def module_argv(self, module: str, *args: str) -> list[str]:
+        pre = [] if self.pythonpath is None else ["env", f"PYTHONPATH={self.pythonpath}"]
+        return [*pre, self.python, "-m", module, *args]
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        log: PurePath | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> RemoteProcess:
+        if log is not None:
+            self.makedirs(log.parent)
+        out = subprocess.DEVNULL if log is None else PurePosixPath(log)
+        return self.popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+    def record_process(
+        self, ledger: Ledger, proc: Process, kind: str = "process", **fields: Any
+    ) -> None:
         """Write `proc` to the ledger as a remote-process, so teardown can stop it by pid."""
-        ledger.record("remote-process", **proc.ledger_fields(), **fields)
+        assert isinstance(proc, RemoteProcess)
+        ledger.record("remote-process", **proc.ledger_fields(), role=kind, **fields)
+
+    def stop(self, proc: Process, grace_s: float = 3.0) -> None:
+        assert isinstance(proc, RemoteProcess)
+        if proc.returncode is None:
+            self.stop_process(proc.pid, proc.start_time, grace_s)
+            proc.poll()
+
+    # -- files on the host ----------------------------------------------------------------
+    def write_text(self, path: PurePath, text: str, mode: int = 0o644) -> None:
+        script = (
+            'mkdir -p "$(dirname "$1")" && cat > "$1.new" && chmod "$2" "$1.new" '
+            '&& mv -f "$1.new" "$1"'
+        )
+        self.run(["sh", "-c", script, "sh", str(path), f"{mode:o}"], input=text)
+
+    def read_bytes(self, path: PurePath, offset: int = 0) -> bytes:
+        line = self.command_line(
+            [
+                "sh",
+                "-c",
+                '[ -e "$1" ] || exit 0; exec tail -c "+$2" "$1"',
+                "sh",
+                str(path),
+                str(int(offset) + 1),
+            ]
+        )
+        rc, out, err = self._raw_bytes(line, f"read {path}")
+        if rc != 0:
+            raise LabError(
+                f"{self.name}: cannot read {path}: {err.decode(errors='replace')[-200:]}"
+            )
+        return out
+
+    def exists(self, path: PurePath) -> bool:
+        return self.run(["test", "-e", str(path)], check=False).returncode == 0
+
+    def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
+        self.run(["mkdir", "-p", "-m", f"{mode:o}", str(path)])
 
     def stop_process(self, pid: int, start_time: int | None, grace_s: float = 3.0) -> bool:
         """SIGTERM, then SIGKILL after `grace_s`, a process recorded by pid and start time.

@@ -81,6 +81,9 @@ class HostSpec(Strict):
     interfaces: dict[str, str] = Field(
         default_factory=dict, description="network name -> interface name on this host"
     )
+    python: str = Field(
+        "python3", min_length=1, description="interpreter for testbed's helpers on an ssh host"
+    )
     from_inventory: str | None = Field(
         None, description="take the fields above from this host of the topology's inventory"
     )
@@ -135,6 +138,11 @@ class Topology(Strict):
     links: list[LinkSpec] = Field(default_factory=list)
     guests: dict[str, GuestSpec] = Field(default_factory=dict)
     inventory: Path | None = Field(None, description="Ansible-style file of ssh hosts")
+    drive: Literal["direct", "ssh"] = Field(
+        "direct",
+        description="local hosts only: `ssh` drives each namespace host over SSH alone "
+        "(a real sshd in each, keys made at `testbed up`)",
+    )
     source: str | None = Field(None, exclude=True)
 
     def hypervisors(self) -> list[str]:
