@@ -15,102 +15,23 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
-from leaks import root_listeners
-from pyroute2 import IPRoute, netns
+from sshlab import PORT, SshLab, ssh_lab
 
 from testbed.errors import InputError, LabError
-from testbed.hosts.ledger import Ledger
-from testbed.hosts.procs import pids_in_netns, stop_netns_processes, stop_recorded
+from testbed.hosts.procs import pids_in_netns
 from testbed.hosts.ssh import SshHost, stop_remote
-from testbed.hosts.sshd import SSHD, Sshd, start_sshd
 from testbed.model.topology import load_topology
-from testbed.net.links import create_netns, remove_netns
 
 REPO = Path(__file__).resolve().parent.parent
-PORT = 2222
-
-
-@dataclass
-class SshLab:
-    netns: str
-    outer: str
-    address: str  # sshd's address, inside the namespace
-    absent: str  # an address on the same veth that nobody answers
-    sshd: Sshd
-    ledger: Ledger
-    tmp: Path
-
-    def host(self, **kw: object) -> SshHost:
-        args: dict[str, object] = {
-            "port": PORT,
-            "key_file": self.sshd.client_key,
-            "known_hosts": self.sshd.known_hosts,
-            "state_dir": PurePosixPath(self.tmp / "remote"),
-        }
-        args.update(kw)
-        return SshHost("hv1", str(args.pop("address", self.address)), **args)  # type: ignore[arg-type]
-
-
-def _sshd_pids(state_dir: Path) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if str(state_dir) in cmd and "sshd" in cmd:
-                out.append(int(d.name))
-    return out
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: makes a network namespace and runs sshd")
-    if not SSHD.exists():
-        pytest.skip("openssh-server is not installed")
-    tmp = tmp_path_factory.mktemp("ssh")
-    pid = os.getpid()
-    ns, outer = f"tbssh{pid}", f"tbs{pid}o"
-    base = 8 * (pid % 32)  # a /29 of 198.19.254.0/24 per test process
-    near, addr, absent = (f"198.19.254.{base + i}" for i in (1, 2, 3))
-    ledger = Ledger(tmp / "ledger.jsonl")
-    create_netns(ns, ledger)
-    sshd: Sshd | None = None
-    try:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=outer, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-            idx = ipr.link_lookup(ifname=outer)[0]
-            ipr.addr("add", index=idx, address=near, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
-        with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=addr, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
-        sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger)
-        yield SshLab(ns, outer, addr, absent, sshd, ledger, tmp)
-    finally:
-        for e in reversed(ledger.of_kind("process")):
-            stop_recorded(e["pid"], e.get("start_time"))
-        if sshd is not None:
-            sshd.stop()
-        stop_netns_processes(ns)  # sessions and detached processes left in the namespace
-        with IPRoute() as ipr:
-            for idx in ipr.link_lookup(ifname=outer):  # the kernel frees a netns lazily
-                ipr.link("del", index=idx)
-        remove_netns(ns)
-    # only what is ours: other labs may come and go on this machine meanwhile
-    assert ns not in netns.listnetns()
-    with IPRoute() as ipr:
-        assert ipr.link_lookup(ifname=outer) == []
-    assert _sshd_pids(tmp / "sshd") == []
-    port_hex = f":{PORT:04X}"
-    assert not [x for x in root_listeners() if x.endswith(port_hex)], "sshd listened in root"
+    with ssh_lab(tmp_path_factory.mktemp("ssh")) as lab:
+        yield lab
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -172,7 +93,7 @@ def test_popen_outlives_the_session_and_is_stopped_by_pid(lab: SshLab) -> None:
         "pid": proc.pid,
         "start_time": proc.start_time,
         "name": "sleeper",
-            "role": "process",
+        "role": "process",
     }
     with lab.host() as later:
         assert stop_remote(later, entry.fields, grace_s=2)
