@@ -41,7 +41,7 @@ def test_up_migrate_down_leaves_nothing(needs_root: None, state_root: Path) -> N
         guest = start_guest(lab, "vm")
         assert guest.boot_s is not None and guest.boot_s < 60
         time.sleep(1.0)
-        assert len(heartbeats(guest.serial)) >= 10
+        assert len(heartbeats(lab.hosts[guest.host], guest.serial)) >= 10
 
         m = migration_for(lab, "vm", "dst", bandwidth_mib=100)
         assert m.options.migrate_uri == "tcp://198.18.2.2"
@@ -58,9 +58,9 @@ def test_up_migrate_down_leaves_nothing(needs_root: None, state_root: Path) -> N
 
         # the guest goes on running on dst: its serial heartbeat keeps counting
         dst_serial = serial_path(lab, "dst", guest.domain)
-        first = heartbeats(dst_serial)
+        first = heartbeats(lab.hosts["dst"], dst_serial)
         time.sleep(1.5)
-        later = heartbeats(dst_serial)
+        later = heartbeats(lab.hosts["dst"], dst_serial)
         assert first and later and later[-1] >= first[-1] + 15, (first[-3:], later[-3:])
     finally:
         lab.down()
@@ -115,8 +115,9 @@ def test_migration_timeout_aborts_and_leaves_the_guest_on_the_source(needs_root:
         src_doms = lab.conn("src").listAllDomains()
         assert [d.name() for d in src_doms] == [guest.domain] and src_doms[0].isActive()
         assert lab.conn("dst").listAllDomains() == []
-        first = heartbeats(guest.serial)[-1]
+        first = heartbeats(lab.hosts[guest.host], guest.serial)[-1]
         time.sleep(1.0)
-        assert heartbeats(guest.serial)[-1] > first  # still running where it was
+        now = heartbeats(lab.hosts[guest.host], guest.serial)[-1]
+        assert now > first  # still running where it was
     finally:
         lab.down()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
@@ -88,6 +89,23 @@ class Host(ABC):
 
     def read_text(self, path: PurePath) -> str:
         return self.read_bytes(path).decode("utf-8", errors="replace")
+
+    def get_tree(self, remote: PurePath, local: Path) -> bool:
+        """Copy a folder from the host into `local` (one tarball); False when it is not there."""
+        if not self.exists(remote):
+            return False
+        tmp = PurePath(f"{remote}.tar.gz")
+        self.run(["tar", "-czf", str(tmp), "-C", str(remote), "."], timeout=300)
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            archive = local / ".transfer.tar.gz"
+            self.get(Path(tmp), archive)
+            with tarfile.open(archive) as tar:
+                tar.extractall(local, filter="data")
+            archive.unlink()
+        finally:
+            self.run(["rm", "-f", str(tmp)], check=False)
+        return True
 
     @abstractmethod
     def argv(self, argv: Sequence[str]) -> list[str]:

@@ -63,6 +63,12 @@ class LocalHost(Host):
     def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
         Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
 
+    def get_tree(self, remote: PurePath, local: Path) -> bool:
+        if not Path(remote).is_dir():
+            return False
+        shutil.copytree(remote, local, dirs_exist_ok=True)
+        return True
+
     def put(self, local: Path, remote: Path) -> None:
         if Path(local) != Path(remote):
             Path(remote).parent.mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,7 @@ class SshHost(Host):
         words = ["sudo", "-n", "--"] if self.sudo else []
         return shlex.join([*words, *_with_env(argv, env)])
 
-    def _key_path(self) -> Path:
+    def key_path(self) -> Path:
         if self.key_file is not None:
             return self.key_file.expanduser()
         for name in DEFAULT_KEYS:
@@ -246,7 +246,7 @@ class SshHost(Host):
         return [
             "ssh",
             "-F", "/dev/null",
-            "-i", str(self._key_path()),
+            "-i", str(self.key_path()),
             "-p", str(self.port),
             "-l", self.user,
             "-o", "BatchMode=yes",
@@ -264,7 +264,7 @@ class SshHost(Host):
 
     # -- the connection -----------------------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:
-        key_path = self._key_path()
+        key_path = self.key_path()
         try:
             pkey = paramiko.PKey.from_path(key_path)
         except FileNotFoundError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
@@ -27,33 +27,59 @@ class RunningGuest:
     name: str
     domain: str
     host: str
-    serial: Path
+    serial: PurePath  # on the host where it started
     accel: str
     boot_s: float | None
 
 
 def _emulator(lab: Lab, host: str) -> str:
     emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
-    if not shutil.which(emu):
+    h = lab.hosts[host]
+    found = shutil.which(emu) if h.kind == "local" else h.exists(PurePath(emu))
+    if not found:
         raise InputError(
-            f"QEMU emulator {emu!r} not found",
+            f"QEMU emulator {emu!r} not found on {host}",
             file=lab.topology.source,
             field=f"hosts.{host}.emulator",
         )
     return emu
 
 
+def _on_host(lab: Lab, host: str, path: Path) -> PurePath:
+    """`path` (a guest kernel, initrd or disk of this machine) where `host` can read it.
+
+    A namespace host shares this machine's files; an SSH host gets a copy in its
+    state folder, sent once per lab (same name and size: already there).
+    """
+    h = lab.hosts[host]
+    if h.kind == "local":
+        return path
+    there = h.state_dir / "images" / path.name
+    size = h.run(["sh", "-c", 'stat -c %s "$1" 2>/dev/null || echo -1', "sh", str(there)])
+    if size.stdout.strip() != str(path.stat().st_size):
+        h.put(path, Path(there))
+    return there
+
+
 def accel_for(lab: Lab, host: str) -> tuple[str, str]:
-    """The accel a host's guests use and why: forced by the topology, or probed once."""
+    """The accel a host's guests use and why: forced by the topology, or probed once.
+
+    The probe boots a guest on this machine, which is what an embedded lab's hosts
+    are (also when driven over SSH). A real SSH host gets KVM when it has /dev/kvm.
+    """
     spec = lab.topology.hosts[host]
     if spec.accel != "auto":
         return spec.accel, "set in the topology"
+    if spec.kind == "ssh":
+        if lab.hosts[host].exists(PurePath("/dev/kvm")):
+            return "kvm", f"{host} has /dev/kvm (set accel: tcg to avoid it)"
+        return "tcg", f"{host} has no /dev/kvm"
     image, _ = build_guest_image()
     a = probe_accel(image, emulator=_emulator(lab, host))
     return a.kind, a.reason
 
 
-def serial_path(lab: Lab, host: str, domain: str) -> Path:
+def serial_path(lab: Lab, host: str, domain: str) -> PurePath:
     return lab.hosts[host].state_dir / "log" / "qemu" / f"{domain}-serial.log"
 
 
@@ -87,7 +113,10 @@ def start_guest(
     if g.image == "default":
         image, _ = build_guest_image()
         spec = DomainSpec(
-            **common, kernel=image.kernel, initrd=image.initrd, cmdline=guest_cmdline(fill, dirty)
+            **common,
+            kernel=_on_host(lab, host, image.kernel),
+            initrd=_on_host(lab, host, image.initrd),
+            cmdline=guest_cmdline(fill, dirty),
         )
     else:
         disk = Path(g.image)
@@ -97,16 +126,16 @@ def start_guest(
                 file=lab.topology.source,
                 field=f"guests.{name}.image",
             )
-        spec = DomainSpec(**common, disk=disk)
+        spec = DomainSpec(**common, disk=_on_host(lab, host, disk))
     for hv in lab.topology.hypervisors():  # wherever it migrates, teardown finds it
         lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
     serial = serial_path(lab, host, domain)
-    serial.unlink(missing_ok=True)
+    lab.hosts[host].run(["rm", "-f", str(serial)])
     start_domain(lab.conn(host), spec)
     _set_location(lab, name, host)
     boot = None
     if g.image == "default":
-        boot = wait_for_serial(serial, READY_MARKER, boot_timeout_s)
+        boot = wait_for_serial(lab.hosts[host], serial, READY_MARKER, boot_timeout_s)
     return RunningGuest(name, domain, host, serial, accel, boot)
 
 

@@ -3,30 +3,53 @@
 `Lab.up` claims a lab id, records every resource in the ledger as it makes
 it, and tears everything down again if any step fails, so a failed `up` leaves
 nothing behind. `Lab.open` finds a running lab from its state directory.
+
+Three kinds of lab, one code path above this module (everything goes through
+`Host`): the embedded lab (namespaces driven directly), the embedded lab
+driven over SSH (`drive: ssh`: a real sshd in each namespace on a management
+network that only the root namespace, the operator, reaches), and real
+machines (`kind: ssh`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Any
 
 import libvirt
 
 from testbed.errors import InputError, LabError, TestbedError
+from testbed.hosts.base import Host
+from testbed.hosts.bundle import ensure_bundle
 from testbed.hosts.display import XDisplay, start_xvfb
 from testbed.hosts.ledger import Ledger
 from testbed.hosts.local import LocalHost
+from testbed.hosts.ssh import REMOTE_STATE, SshHost
+from testbed.hosts.sshd import start_sshd
 from testbed.lab.state import LabRecord, list_labs, new_lab_dir, owner_fields, read_lab
-from testbed.lab.teardown import teardown
+from testbed.lab.teardown import ssh_host_from_record, teardown
 from testbed.model.topology import Topology, load_topology
-from testbed.net.links import Attachment, add_bridge, attach, create_netns
+from testbed.net.links import (
+    Attachment,
+    add_bridge,
+    attach,
+    attach_root,
+    create_netns,
+    root_addresses,
+)
 from testbed.virt.libvirtd import Libvirtd, LibvirtdConfig, new_host_uuid
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+
+# the embedded SSH lab's management networks: a /28 of 198.19.0.0/17 per lab
+MGMT_POOL = ipaddress.IPv4Network("198.19.0.0/17")
+MGMT_PREFIX = 28
 
 
 def _quiet(_msg: str) -> None:
@@ -41,11 +64,28 @@ class Lab:
         self.topology = topology
         self.id = record.id
         self.dir = record.dir
-        self.hosts: dict[str, LocalHost] = {
+        #: the namespaces of the embedded lab, driven directly (for wiring and daemons)
+        self.namespaces: dict[str, LocalHost] = {
             name: LocalHost(name, self.netns_of(name), self.dir / "hosts" / name)
-            for name in topology.hosts
+            for name, spec in topology.hosts.items()
+            if spec.kind == "local"
         }
+        #: how every layer above reaches each host
+        self.hosts: dict[str, Host] = {}
+        for name in topology.hosts:
+            info = record.info.get("hosts", {}).get(name, {})
+            if "ssh" in info:
+                self.hosts[name] = ssh_host_from_record(name, info["ssh"])
+            elif name in self.namespaces:
+                self.hosts[name] = self.namespaces[name]
         self._conns: dict[str, libvirt.virConnect] = {}
+
+    @property
+    def over_ssh(self) -> bool:
+        """Whether hosts are driven over SSH (real machines, or the embedded lab's sshds)."""
+        return self.topology.drive == "ssh" or any(
+            h.kind == "ssh" for h in self.topology.hosts.values()
+        )
 
     # names -----------------------------------------------------------------
     def netns_of(self, host: str) -> str:
@@ -64,19 +104,22 @@ class Lab:
 
     # addresses ---------------------------------------------------------------
     def attachments(self) -> list[Attachment]:
+        """Each host's interface on each network (an ssh host's come from its `interfaces`)."""
         out = []
         for ni, (nname, net) in enumerate(self.topology.networks.items()):
             for host in net.members:
                 hi = list(self.topology.hosts).index(host)
                 addr = self.topology.address(nname, host)
+                spec = self.topology.hosts[host]
+                remote = spec.kind == "ssh"
                 out.append(
                     Attachment(
                         host=host,
                         network=nname,
-                        netns=self.netns_of(host),
-                        ifname=nname[:15],
+                        netns="" if remote else self.netns_of(host),
+                        ifname=spec.interfaces.get(nname, nname[:15]) if remote else nname[:15],
                         address=ipaddress.IPv4Interface(f"{addr}/{net.subnet.prefixlen}"),
-                        outer_ifname=f"tb{self.id}h{hi}n{ni}",
+                        outer_ifname="" if remote else f"tb{self.id}h{hi}n{ni}",
                     )
                 )
         return out
@@ -98,7 +141,7 @@ class Lab:
 
     # daemons ---------------------------------------------------------------
     def libvirtd(self, host: str) -> Libvirtd:
-        return Libvirtd(self.hosts[host])
+        return Libvirtd(self.hosts[host], self.dir / "ssh")
 
     def conn(self, host: str) -> libvirt.virConnect:
         c = self._conns.get(host)
@@ -111,20 +154,21 @@ class Lab:
         d = self.record.info["hosts"][host].get("display")
         if not d:
             raise LabError(f"host {host} has no X display (is it a client?)")
-        return XDisplay(number=d["number"], xauthority=Path(d["xauthority"]), pid=d["pid"])
+        return XDisplay(number=d["number"], xauthority=PurePath(d["xauthority"]), pid=d["pid"])
 
     # lifecycle -------------------------------------------------------------
     @classmethod
     def up(
         cls, topology: Topology, *, progress: Progress = _quiet, lab_id: str | None = None
     ) -> Lab:
-        remote = [n for n, h in topology.hosts.items() if h.kind != "local"]
-        if remote:
+        remote = [n for n, h in topology.hosts.items() if h.kind == "ssh"]
+        if remote and len(remote) != len(topology.hosts):
+            local = next(n for n in topology.hosts if n not in remote)
             raise InputError(
-                f"hosts {', '.join(remote)} are kind ssh; this version brings up only local "
-                "labs (the SSH lab is not finished)",
+                f"hosts {', '.join(remote)} are kind ssh but {local} is local: a lab is "
+                "either namespaces on this machine or machines over SSH, not both",
                 file=topology.source,
-                field=f"hosts.{remote[0]}.kind",
+                field=f"hosts.{local}.kind",
             )
         lid, d = new_lab_dir(lab_id)
         record = LabRecord(
@@ -155,9 +199,49 @@ class Lab:
 
     def _build(self, progress: Progress) -> None:
         t0 = time.monotonic()
+        if self.namespaces:
+            self._wire(progress)
+        if self.topology.drive == "ssh" and self.namespaces:
+            self._start_sshds(progress)
+        for name, spec in self.topology.hosts.items():
+            if spec.kind == "ssh":
+                self._connect_ssh_host(name, progress)
+        for name in self.topology.hosts:
+            host = self.hosts[name]
+            if isinstance(host, SshHost):
+                progress(f"testbed's helpers to {name}")
+                bundle = ensure_bundle(host)
+                self.record.info["hosts"][name]["ssh"]["pythonpath"] = str(bundle)
+        self.record.save()
+        for name in self.topology.hypervisors():
+            progress(f"libvirtd on {name}")
+            host = self.hosts[name]
+            host.makedirs(host.state_dir, mode=0o700)
+            cfg = LibvirtdConfig(
+                display_address=self.address_on_any(name, "display", *self.topology.networks),
+                migration_address=self.address_on_any(name, "migration", *self.topology.networks),
+                host_uuid=new_host_uuid(),
+            )
+            daemon = self.libvirtd(name)
+            pid = daemon.start(cfg, self.ledger)
+            self.record.info["hosts"][name].update(libvirt_uri=daemon.uri, libvirtd_pid=pid)
+        for name in self.topology.clients():
+            progress(f"X display on {name}")
+            host = self.hosts[name]
+            x = start_xvfb(host, host.state_dir, self.ledger)
+            self.record.info["hosts"][name]["display"] = {
+                "number": x.number,
+                "xauthority": str(x.xauthority),
+                "pid": x.pid,
+            }
+        self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
+        self.record.save()
+
+    def _wire(self, progress: Progress) -> None:
+        """Namespaces, one bridge per network, a veth per host and network."""
         progress("namespaces")
         create_netns(self.bridge_netns, self.ledger)
-        for name in self.topology.hosts:
+        for name in self.namespaces:
             create_netns(self.netns_of(name), self.ledger)
             self.record.info["hosts"][name] = {"netns": self.netns_of(name)}
         progress("networks")
@@ -173,27 +257,72 @@ class Lab:
                 a.address,
             )
         self.record.save()
-        for name in self.topology.hypervisors():
-            progress(f"libvirtd on {name}")
-            host = self.hosts[name]
-            host.state_dir.mkdir(parents=True, exist_ok=True)
-            cfg = LibvirtdConfig(
-                display_address=self.address_on_any(name, "display", *self.topology.networks),
-                migration_address=self.address_on_any(name, "migration", *self.topology.networks),
-                host_uuid=new_host_uuid(),
-            )
-            pid = Libvirtd(host).start(cfg, self.ledger)
-            self.record.info["hosts"][name].update(libvirt_uri=Libvirtd(host).uri, libvirtd_pid=pid)
-        for name in self.topology.clients():
-            progress(f"X display on {name}")
-            x = start_xvfb(self.hosts[name], self.hosts[name].state_dir, self.ledger)
-            self.record.info["hosts"][name]["display"] = {
-                "number": x.number,
-                "xauthority": str(x.xauthority),
-                "pid": x.pid,
+
+    def _mgmt_subnet(self) -> ipaddress.IPv4Network:
+        """A /28 for this lab's management network that no root address overlaps."""
+        nets = list(MGMT_POOL.subnets(new_prefix=MGMT_PREFIX))
+        used = root_addresses()
+        first = int(self.id, 16) % len(nets)
+        for k in range(len(nets)):
+            net = nets[(first + k) % len(nets)]
+            if not any(a.network.overlaps(net) for a in used):
+                return net
+        raise LabError(f"no free /{MGMT_PREFIX} in {MGMT_POOL} for a management network")
+
+    def _start_sshds(self, progress: Progress) -> None:
+        """The operator's way in: a management bridge, a root veth, an sshd per host."""
+        progress("management network")
+        net = self._mgmt_subnet()
+        addrs = list(net.hosts())
+        if len(addrs) < len(self.namespaces) + 1:
+            raise LabError(f"{len(self.namespaces)} hosts do not fit a /{MGMT_PREFIX}")
+        bridge = self._bridge("mgmt")
+        add_bridge(self.bridge_netns, bridge)
+        root = ipaddress.IPv4Interface(f"{addrs[0]}/{net.prefixlen}")
+        attach_root(
+            self.bridge_netns, bridge, f"tb{self.id}mgo", f"tb{self.id}mg", root, self.ledger
+        )
+        self.record.info["mgmt"] = {"subnet": str(net), "operator": str(root.ip)}
+        for i, (name, ns) in enumerate(self.namespaces.items()):
+            addr = ipaddress.IPv4Interface(f"{addrs[i + 1]}/{net.prefixlen}")
+            attach(self.bridge_netns, bridge, ns.netns, f"tb{self.id}m{i}", "mgmt", addr)
+            progress(f"sshd on {name}")
+            sshd = start_sshd(ns.netns, addr.ip, 22, ns.state_dir / "sshd", self.ledger)
+            self.record.info["hosts"][name]["ssh"] = {
+                "address": str(addr.ip),
+                "port": 22,
+                "user": "root",
+                "key_file": str(sshd.client_key),
+                "known_hosts": str(sshd.known_hosts),
+                # the same machine: testbed's own interpreter has the compiled modules
+                "python": sys.executable,
+                "state_dir": str(ns.state_dir),
             }
-        self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
+            self.hosts[name] = ssh_host_from_record(name, self.record.info["hosts"][name]["ssh"])
         self.record.save()
+
+    def _connect_ssh_host(self, name: str, progress: Progress) -> None:
+        """A real machine: check the connection, then make its state folder (recorded first)."""
+        spec = self.topology.hosts[name]
+        progress(f"SSH to {name}")
+        state = PurePosixPath(REMOTE_STATE) / f"lab-{self.id}"
+        host = SshHost.from_spec(name, spec, state_dir=state)
+        host.run(["true"])  # a wrong key, host key or address fails here, before anything
+        entry: dict[str, Any] = {
+            "address": host.address,
+            "port": host.port,
+            "user": host.user,
+            "key_file": str(host.key_path()),
+            "known_hosts": str(host.known_hosts),
+            "sudo": host.sudo,
+            "python": host.python,
+            "state_dir": str(state),
+        }
+        self.record.info["hosts"][name] = {"ssh": entry}
+        self.ledger.record("remote-dir", host=name, path=str(state))
+        self.record.save()
+        host.makedirs(state, mode=0o700)
+        self.hosts[name] = host
 
     def _bridge(self, network: str) -> str:
         return f"tb{self.id}-{network}"[:15]

@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from pyroute2 import netns
 
+from testbed.errors import TestbedError
 from testbed.hosts.procs import stop_netns_processes, stop_recorded
+from testbed.hosts.ssh import SshHost
 from testbed.lab.state import LabRecord, claimed, release_claim
-from testbed.net.links import remove_netns
+from testbed.net.links import remove_netns, remove_root_link
 from testbed.virt.domain import destroy_by_name
 
 log = logging.getLogger(__name__)
@@ -24,10 +28,50 @@ log = logging.getLogger(__name__)
 NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
 
 
+def ssh_host_from_record(name: str, fields: Mapping[str, Any]) -> SshHost:
+    """The SshHost a lab recorded for `name` (lab.json), to reach it again from any process."""
+    host = SshHost(
+        name,
+        fields["address"],
+        port=int(fields.get("port", 22)),
+        user=fields.get("user", "root"),
+        key_file=Path(fields["key_file"]),
+        known_hosts=Path(fields["known_hosts"]),
+        sudo=bool(fields.get("sudo", False)),
+        state_dir=PurePosixPath(fields["state_dir"]),
+        python=fields.get("python", "python3"),
+    )
+    host.pythonpath = fields.get("pythonpath")
+    return host
+
+
+def _ssh_hosts(lab: LabRecord) -> dict[str, SshHost]:
+    return {
+        name: ssh_host_from_record(name, info["ssh"])
+        for name, info in lab.info.get("hosts", {}).items()
+        if "ssh" in info
+    }
+
+
+def _on_host(hosts: Mapping[str, SshHost], name: str, what: str, fn: Any, *args: Any) -> bool:
+    """Run `fn(host, *args)`; an unreachable host is reported, not fatal (teardown goes on)."""
+    host = hosts.get(name)
+    if host is None:
+        log.warning("teardown: no record of host %s for %s", name, what)
+        return False
+    try:
+        fn(host, *args)
+        return True
+    except TestbedError as e:
+        log.warning("teardown: %s on %s: %s", what, name, e)
+        return False
+
+
 def teardown(lab: LabRecord) -> list[str]:
     """Remove everything `lab` recorded; return a line per thing removed."""
     done: list[str] = []
     entries = list(lab.ledger.entries())
+    ssh = _ssh_hosts(lab)
     for e in reversed(entries):
         if e.kind == "domain":
             destroy_by_name(e["uri"], e["name"])  # a dead daemon's QEMU dies with its netns
@@ -36,6 +80,26 @@ def teardown(lab: LabRecord) -> list[str]:
         if e.kind in ("process", "xvfb"):
             stop_recorded(int(e["pid"]), e.get("start_time"))
             done.append(f"{e.kind} {e.get('name', e['pid'])}")
+        elif e.kind == "remote-process" and _on_host(
+            ssh,
+            e["host"],
+            f"stopping pid {e['pid']}",
+            SshHost.stop_process,
+            int(e["pid"]),
+            e.get("start_time"),
+        ):
+            done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
+    for e in reversed(entries):
+        if e.kind == "remote-dir" and _on_host(
+            ssh, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
+        ):
+            done.append(f"dir {e['path']} on {e['host']}")
+    for h in ssh.values():
+        h.close()
+    for e in reversed(entries):
+        if e.kind == "link":
+            remove_root_link(e["name"])
+            done.append(f"link {e['name']}")
     for e in reversed(entries):
         if e.kind == "netns":
             stop_netns_processes(e["name"])
@@ -57,6 +121,12 @@ def teardown(lab: LabRecord) -> list[str]:
         except OSError:
             break  # not empty: another lab lives there
     return done
+
+
+def _remove_remote_dir(host: SshHost, path: str) -> None:
+    if "/testbed/" not in path:  # only what a lab made under the remote state folder
+        raise TestbedError(f"refusing to remove {path}: not a testbed state folder")
+    host.run(["rm", "-rf", "--one-file-system", path], timeout=120)
 
 
 def sweep_strays() -> list[str]:

@@ -94,3 +94,46 @@ def interfaces(ns: str) -> dict[str, list[str]]:
         for a in ipr.get_addr(family=2):
             out[names[a["index"]]].append(f"{a.get('address')}/{a['prefixlen']}")
     return out
+
+
+def attach_root(
+    bridge_ns: str,
+    brname: str,
+    outer: str,
+    inner: str,
+    address: ipaddress.IPv4Interface,
+    ledger: Ledger,
+) -> None:
+    """Plug the root namespace (the operator) into bridge `brname` with a veth named `inner`.
+
+    Recorded as a root `link` before it exists; it also goes when the bridge's
+    namespace goes (a veth pair dies with either end).
+    """
+    ledger.record("link", name=inner)
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=inner, kind="veth", peer={"ifname": outer, "net_ns_fd": bridge_ns})
+        idx = ipr.link_lookup(ifname=inner)[0]
+        ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen)
+        ipr.link("set", index=idx, state="up")
+    with IPRoute(netns=bridge_ns) as ipr:
+        o_idx = ipr.link_lookup(ifname=outer)[0]
+        br_idx = ipr.link_lookup(ifname=brname)[0]
+        ipr.link("set", index=o_idx, master=br_idx, state="up")
+
+
+def remove_root_link(name: str) -> None:
+    with IPRoute() as ipr:
+        for idx in ipr.link_lookup(ifname=name):
+            try:
+                ipr.link("del", index=idx)
+            except NetlinkError as e:
+                log.warning("removing link %s: %s", name, e)
+
+
+def root_addresses() -> list[ipaddress.IPv4Interface]:
+    """Every IPv4 address of the root namespace (to pick a subnet nobody uses)."""
+    with IPRoute() as ipr:
+        return [
+            ipaddress.IPv4Interface(f"{a.get('address')}/{a['prefixlen']}")
+            for a in ipr.get_addr(family=2)
+        ]

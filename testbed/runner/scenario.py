@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -441,8 +440,9 @@ class ScenarioRun:
         assert self.lab
         logs = self.dir / "logs"
         for name, host in self.lab.hosts.items():
-            src = host.state_dir / "log"
-            if src.is_dir():
-                shutil.copytree(src, logs / name, dirs_exist_ok=True)
+            try:
+                host.get_tree(host.state_dir / "log", logs / name)
+            except TestbedError as e:  # the logs are evidence, not the verdict: go on
+                log.warning("collecting logs from %s: %s", name, e)
         if logs.exists():
             self.result.artifacts["logs"] = str(logs)

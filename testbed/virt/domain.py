@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePath
 from xml.sax.saxutils import escape
 
 import libvirt
 
 from testbed.errors import LabError
+from testbed.hosts.base import Host
 from testbed.virt.conn import open_conn
 
 SERIAL_DIR = "/var/log/libvirt/qemu"
@@ -27,10 +28,10 @@ class DomainSpec:
     vcpus: int
     accel: str  # "kvm" or "tcg"
     emulator: str
-    kernel: Path | None = None
-    initrd: Path | None = None
+    kernel: PurePath | None = None
+    initrd: PurePath | None = None
     cmdline: str = ""
-    disk: Path | None = None
+    disk: PurePath | None = None
 
     @property
     def serial_path(self) -> str:
@@ -116,26 +117,23 @@ def start_domain(conn: libvirt.virConnect, spec: DomainSpec) -> libvirt.virDomai
         raise LabError(f"cannot start guest {spec.name}: {e}") from None
 
 
-def wait_for_serial(path: Path, marker: str, timeout_s: float, since: int = 0) -> float:
-    """Wait until `marker` is in the serial log after byte `since`; return the seconds waited."""
+def wait_for_serial(
+    host: Host, path: PurePath, marker: str, timeout_s: float, since: int = 0
+) -> float:
+    """Wait until `marker` is in the serial log on `host` after byte `since`; the seconds waited."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        if path.exists():
-            with open(path, "rb") as f:
-                f.seek(since)
-                if marker.encode() in f.read():
-                    return time.monotonic() - t0
+        if marker.encode() in host.read_bytes(path, since):
+            return time.monotonic() - t0
         time.sleep(0.1)
-    raise LabError(f"guest did not print {marker!r} in {timeout_s:.0f} s (serial log: {path})")
+    raise LabError(
+        f"guest did not print {marker!r} in {timeout_s:.0f} s (serial log: {path} on {host.name})"
+    )
 
 
-def heartbeats(path: Path, since: int = 0) -> list[int]:
-    """Sequence numbers of `HB <seq> <ms>` lines in a serial log, after byte `since`."""
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        f.seek(since)
-        data = f.read().decode(errors="replace")
+def heartbeats(host: Host, path: PurePath, since: int = 0) -> list[int]:
+    """Sequence numbers of `HB <seq> <ms>` lines in a serial log on `host`, after byte `since`."""
+    data = host.read_bytes(path, since).decode(errors="replace")
     out = []
     for line in data.splitlines():
         parts = line.strip().split()

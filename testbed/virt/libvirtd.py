@@ -9,19 +9,21 @@ socket, reachable by root; there is no TCP listener. Facts: LAB-NOTES.md.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shlex
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import libvirt
 
 from testbed.errors import CapabilityMissing, LabError
+from testbed.hosts.base import Host, Process
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.local import LocalHost
-from testbed.hosts.procs import alive
+from testbed.hosts.ssh import SshHost
 from testbed.virt.conn import open_conn
 
 log = logging.getLogger(__name__)
@@ -84,38 +86,54 @@ def libvirtd_conf(cfg: LibvirtdConfig) -> str:
 
 
 class Libvirtd:
-    """One host's daemon. Its socket is `<host state>/run/libvirt-sock`."""
+    """One host's daemon. Its socket is `<host state>/run/libvirt-sock` on the host.
 
-    def __init__(self, host: LocalHost) -> None:
+    On a local host it is reached through that socket; on an SSH host through
+    `qemu+ssh://` with the host's key, its known_hosts (a small ssh wrapper in
+    `wrapper_dir` adds the same strict checks SshHost makes) and `nc -U` there.
+    """
+
+    def __init__(self, host: Host, wrapper_dir: Path | None = None) -> None:
         self.host = host
         self.dir = host.state_dir
+        self.wrapper_dir = wrapper_dir
 
     @property
-    def socket(self) -> Path:
+    def socket(self) -> PurePath:
         return self.dir / "run" / "libvirt-sock"
 
     @property
     def uri(self) -> str:
+        if isinstance(self.host, SshHost):
+            return ssh_uri(self.host, self.socket, self._wrapper())
         return f"qemu+unix:///system?socket={self.socket}"
 
+    def _wrapper(self) -> Path:
+        if self.wrapper_dir is None:
+            raise LabError(f"{self.host.name}: no folder for the ssh wrapper libvirt needs")
+        assert isinstance(self.host, SshHost)
+        return ssh_wrapper(self.host, self.wrapper_dir)
+
     @property
-    def log_file(self) -> Path:
+    def log_file(self) -> PurePath:
         return self.dir / "log" / "libvirtd.log"
 
-    def qemu_log(self, domain: str) -> Path:
+    def qemu_log(self, domain: str) -> PurePath:
         return self.dir / "log" / "qemu" / f"{domain}.log"
 
     def start(self, cfg: LibvirtdConfig, ledger: Ledger, timeout_s: float = 30) -> int:
         """Write the configuration, start the daemon, wait for its socket; return its pid."""
-        if not Path("/usr/sbin/libvirtd").exists():
+        h = self.host
+        if not h.exists(PurePath("/usr/sbin/libvirtd")):
             raise CapabilityMissing(
-                "libvirtd is not installed", hint="make setup (installs libvirt-daemon-system)"
+                f"libvirtd is not installed on {h.name}",
+                hint="make setup (installs libvirt-daemon-system)",
             )
         for sub in PRIVATE_DIRS:
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        (self.dir / "log" / "qemu").mkdir(exist_ok=True)
-        (self.dir / "qemu.conf").write_text(qemu_conf(cfg))
-        (self.dir / "libvirtd.conf").write_text(libvirtd_conf(cfg))
+            h.makedirs(self.dir / sub, mode=0o700)
+        h.makedirs(self.dir / "log" / "qemu", mode=0o700)
+        h.write_text(self.dir / "qemu.conf", qemu_conf(cfg), mode=0o600)
+        h.write_text(self.dir / "libvirtd.conf", libvirtd_conf(cfg), mode=0o600)
         q = shlex.quote
         binds = [f"mkdir -p {' '.join(PRIVATE_DIRS.values())}"]
         binds += [f"mount --bind {q(str(self.dir / s))} {t}" for s, t in PRIVATE_DIRS.items()]
@@ -123,23 +141,18 @@ class Libvirtd:
         conf, pidfile = q(str(self.dir / "libvirtd.conf")), q(str(self.dir / "libvirtd.pid"))
         script = " && ".join([*binds, f"exec libvirtd -f {conf} -p {pidfile}"])
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
-        out = open(self.dir / "libvirtd.stdout", "ab")  # noqa: SIM115 - handed to the child
-        proc = self.host.popen(argv, stdout=out, stderr=out)
-        out.close()
-        ledger.record_process(
-            "process", proc.pid, name=f"libvirtd@{self.host.name}", netns=self.host.netns
-        )
-        self._wait_ready(proc.pid, timeout_s)
+        proc = h.start(argv, log=self.dir / "libvirtd.stdout")
+        h.record_process(ledger, proc, name=f"libvirtd@{h.name}")
+        self._wait_ready(proc, timeout_s)
         return proc.pid
 
-    def _wait_ready(self, pid: int, timeout_s: float) -> None:
+    def _wait_ready(self, proc: Process, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         last = ""
         while time.monotonic() < deadline:
-            if not alive(pid):
-                tail = self._tail()
-                raise LabError(f"libvirtd on {self.host.name} exited at start: {tail}")
-            if self.socket.exists():
+            if proc.poll() is not None:
+                raise LabError(f"libvirtd on {self.host.name} exited at start: {self._tail()}")
+            if self.host.exists(self.socket):
                 try:
                     conn = open_conn(self.uri)
                     conn.close()
@@ -151,10 +164,9 @@ class Libvirtd:
 
     def _tail(self) -> str:
         for f in (self.dir / "libvirtd.stdout", self.log_file):
-            if f.exists():
-                lines = f.read_text(errors="replace").strip().splitlines()
-                if lines:
-                    return " | ".join(lines[-3:])
+            lines = self.host.read_text(f).strip().splitlines()
+            if lines:
+                return " | ".join(lines[-3:])
         return "no log"
 
     def connect(self) -> libvirt.virConnect:
@@ -162,6 +174,49 @@ class Libvirtd:
             return open_conn(self.uri)
         except libvirt.libvirtError as e:
             raise LabError(f"cannot connect to libvirtd on {self.host.name}: {e}") from None
+
+
+def ssh_wrapper(host: SshHost, folder: Path) -> Path:
+    """An executable that runs OpenSSH as SshHost does: this key only, strict known_hosts."""
+    checks = [
+        "-F", "/dev/null",
+        "-o", "BatchMode=yes",
+        "-o", "IdentitiesOnly=yes",
+        "-o", "IdentityAgent=none",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={host.known_hosts}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", f"ConnectTimeout={max(1, int(host.connect_timeout))}",
+        "-o", "LogLevel=ERROR",
+    ]  # fmt: skip
+    body = f'#!/bin/sh\nexec ssh {shlex.join(checks)} "$@"\n'
+    path = folder / f"ssh-{hashlib.sha256(body.encode()).hexdigest()[:10]}"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".new")
+        tmp.write_text(body)
+        tmp.chmod(0o700)
+        tmp.rename(path)
+    return path
+
+
+def ssh_uri(host: SshHost, socket: PurePath, wrapper: Path) -> str:
+    """`qemu+ssh://` to a daemon's own socket, through `nc -U` on the host (no TCP listener)."""
+    params = {
+        "socket": str(socket),
+        "keyfile": str(host.key_path()),
+        "command": str(wrapper),
+        "no_tty": "1",
+        "proxy": "netcat",
+    }
+    if host.sudo:
+        raise LabError(
+            f"{host.name}: libvirt over SSH needs a login that can reach libvirtd's socket; "
+            "use user root (with a key of the lab's own)"
+        )
+    addr = f"[{host.address}]" if ":" in host.address else host.address
+    query = urllib.parse.urlencode(params, safe="/")
+    return f"qemu+ssh://{host.user}@{addr}:{host.port}/system?{query}"
 
 
 def new_host_uuid() -> str:
