@@ -215,13 +215,29 @@ REMOTE_CHECKS: list[tuple[str, list[str], set[str] | None, bool, str]] = [
         False,
         "install xvfb, or give the client a display of its own",
     ),
-    ("iptables", ["iptables", "--version"], None, True, "install iptables"),
+    ("xauth", ["sh", "-c", "command -v xauth"], {"client"}, True, "install xauth"),
     (
-        "python3 with pyroute2",
-        ["python3", "-c", "import pyroute2"],
+        "netcat (nc -U)",
+        ["sh", "-c", "command -v nc"],
+        {"hypervisor"},
+        True,
+        "install netcat-openbsd (libvirt over SSH reaches the daemon's socket through it)",
+    ),
+    ("iptables", ["iptables", "--version"], None, True, "install iptables"),
+    ("tar", ["tar", "--version"], None, True, "install tar (helpers and logs travel as tarballs)"),
+    (
+        "python3",
+        ["@python", "-c", "import sys; assert sys.version_info >= (3, 9); print(sys.version)"],
         None,
         True,
-        "install python3-pyroute2 (netlink operations run on the host itself)",
+        "install python3 >= 3.9 (testbed sends its pyroute2 helpers; they run on the host)",
+    ),
+    (
+        "NetfilterQueue",
+        ["@python", "-c", "import netfilterqueue"],
+        None,
+        False,
+        "only needed without sch_netem: pip install NetfilterQueue (the userspace delay line)",
     ),
     (
         "sch_netem",
@@ -239,6 +255,7 @@ def host_checks(host: Host, roles: list[str]) -> list[Check]:
     for name, argv, wanted, required, fix in REMOTE_CHECKS:
         if wanted is not None and not wanted & set(roles):
             continue
+        argv = [getattr(host, "python", "python3") if a == "@python" else a for a in argv]
         try:
             res = host.run(argv, check=False, timeout=30)
         except TestbedError as e:  # cannot reach the host at all: one line says why
