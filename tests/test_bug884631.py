@@ -1,5 +1,9 @@
-"""Bug 884631 end to end on the local lab: both cases reproduce with the fix off and are
-fixed with spice_guard on; the baseline is seamless. Real libvirtd, QEMU, remote-viewer."""
+"""Bug 884631 end to end: both cases reproduce with the fix off and are fixed with
+spice_guard on; the baseline is seamless. Real libvirtd, QEMU, remote-viewer.
+
+Twice: on the embedded lab driven directly (local.yaml) and on the same lab driven
+only over SSH (ssh-local.yaml: an sshd per host, qemu+ssh, shaping and the client
+through SSH); the outcomes must be the same."""
 
 from __future__ import annotations
 
@@ -17,12 +21,12 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture(scope="module")
-def bug_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("bug-884631")
+@pytest.fixture(scope="module", params=["local", "ssh-local"])
+def bug_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp(f"bug-884631-{request.param}")
     run_playbook(
         load_playbook(REPO / "playbooks" / "bug-884631.yaml"),
-        load_topology(REPO / "topologies" / "local.yaml"),
+        load_topology(REPO / "topologies" / f"{request.param}.yaml"),
         out,
     )
     return json.loads((out / "result.json").read_text())
@@ -79,6 +83,18 @@ def test_case2_link_to_destination_was_slow(needs_root: None, bug_run: dict) -> 
     assert shaped and "1s" in shaped[0]["installed"].replace("1000ms", "1s")
 
 
+def test_every_host_was_reached_the_way_the_topology_says(bug_run: dict) -> None:
+    over_ssh = bug_run["topology"].endswith("ssh-local.yaml")
+    for s in bug_run["scenarios"]:
+        assert set(s["hosts"]) == {"src", "dst", "client"}
+        for how in s["hosts"].values():
+            assert how.startswith("ssh root@198.19." if over_ssh else "netns tb-"), how
+        # logs came back from each host (over SSH: as a tarball) into the run dir
+        logs = Path(s["artifacts"]["logs"])
+        assert (logs / "src" / "libvirtd.log").stat().st_size > 0
+        assert any((logs / "dst" / "qemu").glob("*.log"))
+
+
 def test_result_json_holds_the_contract(bug_run: dict) -> None:
     assert {"playbook", "topology", "started", "scenarios"} <= bug_run.keys()
     for s in bug_run["scenarios"]:
@@ -99,13 +115,14 @@ def test_result_json_holds_the_contract(bug_run: dict) -> None:
         ].keys()
 
 
+@pytest.mark.parametrize("topology", ["local", "ssh-local"])
 def test_baseline_is_seamless_and_leaves_nothing(
-    needs_root: None, state_root: Path, tmp_path: Path
+    needs_root: None, state_root: Path, tmp_path: Path, topology: str
 ) -> None:
     before = Snapshot.take(state_root)
     run = run_playbook(
         load_playbook(REPO / "playbooks" / "seamless-baseline.yaml"),
-        load_topology(REPO / "topologies" / "local.yaml"),
+        load_topology(REPO / "topologies" / f"{topology}.yaml"),
         tmp_path,
     )
     s = run.scenarios[0]

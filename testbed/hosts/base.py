@@ -41,6 +41,11 @@ class Host(ABC):
     kind: str
     state_dir: PurePath  # where this host keeps the lab's files, on the host
 
+    @property
+    def reached_as(self) -> str:
+        """How testbed reaches this host, for reports (`netns NAME`, `ssh user@addr:port`)."""
+        return self.name
+
     def module_argv(self, module: str, *args: str) -> list[str]:
         """The argv that runs `python -m module args` with testbed importable on this host."""
         return [sys.executable, "-m", module, *args]

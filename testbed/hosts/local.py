@@ -25,6 +25,10 @@ class LocalHost(Host):
         self.netns = netns
         self.state_dir = Path(state_dir)
 
+    @property
+    def reached_as(self) -> str:
+        return f"netns {self.netns}"
+
     def argv(self, argv: Sequence[str]) -> list[str]:
         return [*ns_argv(self.netns), *argv]
 

@@ -217,6 +217,10 @@ class SshHost(Host):
         return f"SshHost({self.name!r}, {self.target})"
 
     @property
+    def reached_as(self) -> str:
+        return f"ssh {self.target}"
+
+    @property
     def target(self) -> str:
         return f"{self.user}@{self.address}:{self.port}"
 

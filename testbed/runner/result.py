@@ -40,6 +40,7 @@ class ScenarioResult:
     client: ClientSummary = field(default_factory=ClientSummary)
     guard: dict[str, Any] | None = None
     links: list[dict[str, Any]] = field(default_factory=list)
+    hosts: dict[str, str] = field(default_factory=dict)  # host -> how it was reached
     evidence: list[str] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=list)

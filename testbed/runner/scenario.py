@@ -97,6 +97,7 @@ class ScenarioRun:
             self.say("lab up")
             self.lab = Lab.up(self.topology)
             self.timeline.add("lab.up", lab=self.lab.id)
+            self.result.hosts = {n: h.reached_as for n, h in self.lab.hosts.items()}
             self.links = LabLinks(self.lab)
             self.links.apply_topology()
             for step in self.scenario.steps:
