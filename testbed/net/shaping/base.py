@@ -21,9 +21,24 @@ from typing import Any, ClassVar
 
 from testbed.errors import InputError, LabError
 from testbed.hosts.ledger import Ledger
+from testbed.hosts.nsexec import netns_path, ns_argv
 from testbed.model.profile import LinkProfile
 
 log = logging.getLogger(__name__)
+
+#: Endpoint.netns of an endpoint in the namespace the engine's own process runs in (a host's
+#: agent, on that host); any other value names a namespace of this machine.
+CURRENT = ""
+
+
+def netns_exists(netns: str) -> bool:
+    """The current namespace always exists; a named one while /run/netns holds it."""
+    return netns == CURRENT or os.path.exists(netns_path(netns))
+
+
+def enter_argv(netns: str) -> list[str]:
+    """The argv prefix that runs a program in `netns` (none for the current namespace)."""
+    return ns_argv(netns) if netns != CURRENT else []
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class Endpoint:
     """One host's presence on one network."""
 
     host: str  # topology host name, e.g. "client"
-    netns: str  # e.g. "tb-a3f9-client"
+    netns: str  # e.g. "tb-a3f9-client"; CURRENT ("") = the engine process's own namespace
     ifname: str  # e.g. "display"
     address: str  # e.g. "198.18.1.3" (no prefix)
 
@@ -51,7 +66,7 @@ class Direction:
         return f"{self.network}: {self.src} -> {self.dst}"
 
 
-def _direction(data: dict[str, Any]) -> Direction:
+def direction_from_dict(data: dict[str, Any]) -> Direction:
     return Direction(data["network"], Endpoint(**data["src"]), Endpoint(**data["dst"]))
 
 
@@ -108,15 +123,23 @@ class ShapingEngine(ABC):
     Engines record every process they start in the lab's ledger, so `testbed down`
     can remove them even after a crash; qdiscs and iptables rules live in the lab's
     namespaces and go away with them.
+
+    `here_only`: the engine runs as one host's agent (`testbed.net.agent`) and does only
+    the parts of each direction whose endpoint is in its current namespace (netns
+    CURRENT); the other endpoint is on another host, whose own agent does its part.
+    `share()` says which part that is, and `verify()` compares only it.
     """
 
     name: ClassVar[str]
     #: "open" (a dead helper leaves traffic unshaped), "closed", or None (no helpers)
     fail_mode: ClassVar[str | None] = None
 
-    def __init__(self, ledger: Ledger, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, state_dir: Path | None = None, *, here_only: bool = False
+    ) -> None:
         self.ledger = ledger
         self.state_dir = Path(state_dir) if state_dir is not None else ledger.path.parent
+        self.here_only = here_only
         self._asked: dict[Direction, LinkProfile] = {}
         self._known: set[Direction] = set()
 
@@ -141,9 +164,9 @@ class ShapingEngine(ABC):
             return
         except (OSError, ValueError) as e:
             raise LabError(f"unreadable shaping state {self.state_path}: {e}") from None
-        self._known = {_direction(d) for d in state.get("known", [])}
+        self._known = {direction_from_dict(d) for d in state.get("known", [])}
         self._asked = {
-            _direction(a["direction"]): LinkProfile.model_validate(a["profile"])
+            direction_from_dict(a["direction"]): LinkProfile.model_validate(a["profile"])
             for a in state.get("asked", [])
         }
         self._restore(state)
@@ -197,12 +220,23 @@ class ShapingEngine(ABC):
     def read_back(self) -> dict[Direction, LinkProfile]:
         """What the system holds now, converted back to profile units (shaped ones only)."""
 
+    def _here(self, ep: Endpoint) -> bool:
+        """Whether this engine does `ep`'s side of a direction (always, unless here_only)."""
+        return not self.here_only or ep.netns == CURRENT
+
+    def share(self, direction: Direction, profile: LinkProfile) -> LinkProfile | None:
+        """The part of `profile` this engine holds (here_only: the part on this host)."""
+        return profile
+
     def verify(self) -> None:
         """Raise `LabError` listing every direction whose read-back differs from the ask."""
         held = self.read_back()
+        asked = dict(self._asked)
+        if self.here_only:
+            asked = {d: s for d, p in asked.items() if (s := self.share(d, p)) is not None}
         problems = []
-        for d in sorted(set(self._asked) | set(held), key=str):
-            for diff in differences(self._asked.get(d), held.get(d)):
+        for d in sorted(set(asked) | set(held), key=str):
+            for diff in differences(asked.get(d), held.get(d)):
                 problems.append(f"{d}: {diff}")
         if problems:
             raise LabError(
@@ -231,10 +265,16 @@ class ShapingEngine(ABC):
 
     # -- helpers -----------------------------------------------------------------------
     @staticmethod
-    def _validate(shapes: Mapping[Direction, LinkProfile]) -> dict[Direction, LinkProfile]:
+    def _place(ep: Endpoint) -> Any:
+        """What tells two endpoints' places apart (a namespace; a host and its namespace
+        where the endpoints are on several machines)."""
+        return ep.netns
+
+    @classmethod
+    def _validate(cls, shapes: Mapping[Direction, LinkProfile]) -> dict[Direction, LinkProfile]:
         wanted: dict[Direction, LinkProfile] = {}
-        egress: dict[tuple[str, str, str], Direction] = {}
-        ingress: dict[tuple[str, str, str], Direction] = {}
+        egress: dict[tuple[Any, str, str], Direction] = {}
+        ingress: dict[tuple[Any, str, str], Direction] = {}
         for d, profile in shapes.items():
             if not isinstance(d, Direction) or not isinstance(profile, LinkProfile):
                 raise InputError(f"expected Direction -> LinkProfile, found {d!r} -> {profile!r}")
@@ -245,13 +285,13 @@ class ShapingEngine(ABC):
                     raise InputError(
                         f"{d}: {ep.host} address {ep.address!r} is not an IPv4 address"
                     ) from None
-            if d.src.netns == d.dst.netns:
+            if cls._place(d.src) == cls._place(d.dst):
                 raise InputError(f"{d}: source and destination are in the same namespace")
             if profile.is_empty():
                 continue
             for key, seen in (
-                ((d.src.netns, d.src.ifname, d.dst.address), egress),
-                ((d.dst.netns, d.dst.ifname, d.src.address), ingress),
+                ((cls._place(d.src), d.src.ifname, d.dst.address), egress),
+                ((cls._place(d.dst), d.dst.ifname, d.src.address), ingress),
             ):
                 if key in seen and seen[key] != d:
                     raise InputError(f"{d} and {seen[key]} are the same traffic")

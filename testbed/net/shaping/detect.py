@@ -95,8 +95,12 @@ def select_engine(
     *,
     engine: str = "auto",
     netns_name: str | None = None,
+    here_only: bool = False,
 ) -> ShapingEngine:
-    """The engine to use: "kernel-netem", "userspace-nfqueue" or "auto" (netem if it works)."""
+    """The engine to use: "kernel-netem", "userspace-nfqueue" or "auto" (netem if it works).
+
+    `here_only`: for a host's agent, see `ShapingEngine`.
+    """
     from testbed.net.shaping.kernel import KernelNetemEngine
     from testbed.net.shaping.userspace import UserspaceEngine
 
@@ -104,7 +108,7 @@ def select_engine(
         raise InputError(f"unknown shaping engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine in ("auto", "kernel-netem"):
         if netem_available(netns_name):
-            return KernelNetemEngine(ledger, state_dir)
+            return KernelNetemEngine(ledger, state_dir, here_only=here_only)
         if engine == "kernel-netem":
             raise CapabilityMissing(
                 "this kernel has no netem qdisc (sch_netem), so the kernel engine cannot run",
@@ -117,4 +121,4 @@ def select_engine(
             "the userspace shaping engine needs: " + "; ".join(missing),
             hint="or run on a kernel with sch_netem",
         )
-    return UserspaceEngine(ledger, state_dir)
+    return UserspaceEngine(ledger, state_dir, here_only=here_only)

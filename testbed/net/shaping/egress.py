@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -58,8 +57,8 @@ from pyroute2.netlink.rtnl import (
 )
 
 from testbed.errors import CapabilityMissing, LabError
-from testbed.hosts.nsexec import netns_path
 from testbed.net.shaping import netlink as nl
+from testbed.net.shaping.base import CURRENT, netns_exists
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ class Egress:
         self._mtu = 1500
 
     def __repr__(self) -> str:
-        return f"Egress({self.netns}:{self.ifname})"
+        return f"Egress({self.netns or 'here'}:{self.ifname})"
 
     # -- sync facade -------------------------------------------------------------------
     def read_state(self) -> EgressState:
@@ -207,16 +206,19 @@ class Egress:
 
     # -- netlink -----------------------------------------------------------------------
     async def _session(self, fn: Callable[..., Awaitable[T]], missing_ok: bool = False) -> T:
-        if not os.path.exists(netns_path(self.netns)):
+        if not netns_exists(self.netns):
             if missing_ok:
                 return None  # type: ignore[return-value]
             raise LabError(f"network namespace {self.netns!r} does not exist")
-        async with AsyncIPRoute(netns=self.netns, flags=0) as ipr:
+        # CURRENT: this process's own namespace (an agent on its host), no NetNS helper
+        ns = None if self.netns == CURRENT else self.netns
+        async with AsyncIPRoute(netns=ns, flags=0) as ipr:
             links = [m async for m in await ipr.link("dump") if m.get("ifname") == self.ifname]
             if not links:
                 if missing_ok:
                     return None  # type: ignore[return-value]
-                raise LabError(f"no interface {self.ifname!r} in namespace {self.netns!r}")
+                where = f"namespace {self.netns!r}" if self.netns else "this host's namespace"
+                raise LabError(f"no interface {self.ifname!r} in {where}")
             self._mtu = links[0].get("mtu") or 1500
             return await fn(ipr, links[0]["index"])
 

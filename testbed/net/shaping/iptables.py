@@ -5,8 +5,9 @@ rule per shaped incoming direction::
 
     -A TB-SHAPE -s SRC/32 -i IFNAME -j NFQUEUE --queue-num N --queue-bypass
 
-iptables always runs as `nsenter --net=/run/netns/NS -- iptables -w ...`; refusing an
-empty namespace name keeps it out of the root namespace.
+iptables runs as `nsenter --net=/run/netns/NS -- iptables -w ...` for a named namespace.
+The namespace CURRENT ("") is the one this process runs in: only a host's shaping agent
+(`testbed.net.agent`) names it, and it runs on that host, inside the host's namespace.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 from testbed.errors import CapabilityMissing, LabError
-from testbed.hosts.nsexec import ns_argv
+from testbed.net.shaping.base import enter_argv
 
 CHAIN = "TB-SHAPE"
 TABLE = "raw"
@@ -35,9 +36,7 @@ class QueueRule:
 
 
 def _run(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    if not netns:
-        raise LabError("iptables needs a lab namespace; refusing the root namespace")
-    argv = [*ns_argv(netns), "iptables", "-w", "-t", TABLE, *args]
+    argv = [*enter_argv(netns), "iptables", "-w", "-t", TABLE, *args]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     except FileNotFoundError:
@@ -45,7 +44,8 @@ def _run(netns: str, *args: str, check: bool = True) -> subprocess.CompletedProc
             "iptables is not installed", hint="apt-get install iptables"
         ) from None
     if check and out.returncode != 0:
-        raise LabError(f"iptables in {netns}: {' '.join(args)}: {out.stderr.strip()}")
+        where = netns or "this host's namespace"
+        raise LabError(f"iptables in {where}: {' '.join(args)}: {out.stderr.strip()}")
     return out
 
 

@@ -81,8 +81,10 @@ class KernelNetemEngine(ShapingEngine):
     name = "kernel-netem"
     fail_mode = None
 
-    def __init__(self, ledger: Ledger, state_dir: Path | None = None) -> None:
-        super().__init__(ledger, state_dir)
+    def __init__(
+        self, ledger: Ledger, state_dir: Path | None = None, *, here_only: bool = False
+    ) -> None:
+        super().__init__(ledger, state_dir, here_only=here_only)
         self._egress: dict[tuple[str, str], Egress] = {}
         self._load()
 
@@ -119,6 +121,10 @@ class KernelNetemEngine(ShapingEngine):
         if profile.jitter_ms:
             distributions.table(profile.jitter_distribution)
 
+    def share(self, direction: Direction, profile: LinkProfile) -> LinkProfile | None:
+        """Everything is on the sender: the whole profile where src is, nothing elsewhere."""
+        return profile if self._here(direction.src) else None
+
     def _egress_for(self, netns: str, ifname: str) -> Egress:
         key = (netns, ifname)
         if key not in self._egress:
@@ -128,6 +134,8 @@ class KernelNetemEngine(ShapingEngine):
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
         per_if: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._egress}
         for d, profile in wanted.items():
+            if not self._here(d.src):
+                continue  # as an agent: the sender's own agent shapes it
             self._egress_for(d.src.netns, d.src.ifname)
             per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = to_leaf(profile)
         for key, peers in per_if.items():

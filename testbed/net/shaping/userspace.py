@@ -13,7 +13,12 @@ Profile changes go to the running process over its control socket (no restart): 
 TCP flow through the link survives them. Fail-open: if a delay line dies, its queues
 are bypassed and the directions it served pass unshaped (rate still applies);
 `health()` says which. `apply()` restarts a dead line. Processes are started with
-nsenter into the receiving namespace and recorded in the lab's ledger.
+nsenter into the receiving namespace (none for CURRENT, the engine's own namespace)
+in a session of their own, so they outlive the process that started them, and are
+recorded in the lab's ledger.
+
+As a host's agent (`here_only`), the rate is done where src is and the delay line
+where dst is: each host's agent does its own half of a direction.
 """
 
 from __future__ import annotations
@@ -35,10 +40,16 @@ from typing import Any
 import testbed
 from testbed.errors import LabError
 from testbed.hosts.ledger import Ledger, process_start_time, same_process
-from testbed.hosts.nsexec import netns_path, ns_argv
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions, iptables
-from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
+from testbed.net.shaping.base import (
+    CURRENT,
+    Direction,
+    ShapingEngine,
+    enter_argv,
+    netns_exists,
+    stray_direction,
+)
 from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf, clear_all
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,20 @@ QUEUE_BASE = 0x7400  # NFQUEUE numbers are per namespace; ours start here
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 3.0
 MAX_UNIX_PATH = 100
+#: the profile fields the delay line holds (the rate is the sender's tbf)
+_LINE_FIELDS = (
+    "delay_ms",
+    "jitter_ms",
+    "jitter_distribution",
+    "loss_pct",
+    "duplicate_pct",
+    "corrupt_pct",
+    "reorder_pct",
+)
+
+
+def _where(ns: str) -> str:
+    return ns if ns != CURRENT else "this host"
 
 
 def line_params(p: LinkProfile) -> dict[str, Any]:
@@ -93,11 +118,12 @@ class DelayLineProcess:
                     buf += chunk
         except OSError as e:
             raise LabError(
-                f"delay line in {self.netns} (pid {self.pid}) did not answer: {e}"
+                f"delay line in {_where(self.netns)} (pid {self.pid}) did not answer: {e}"
             ) from None
         resp = json.loads(buf or b"{}")
         if not resp.get("ok"):
-            raise LabError(f"delay line in {self.netns}: {resp.get('error', 'no answer')}")
+            where = _where(self.netns)
+            raise LabError(f"delay line in {where}: {resp.get('error', 'no answer')}")
         return resp
 
     def log_tail(self, n: int = 1500) -> str:
@@ -122,9 +148,14 @@ class UserspaceEngine(ShapingEngine):
     fail_mode = "open"
 
     def __init__(
-        self, ledger: Ledger, state_dir: Path | None = None, *, python: str = sys.executable
+        self,
+        ledger: Ledger,
+        state_dir: Path | None = None,
+        *,
+        python: str = sys.executable,
+        here_only: bool = False,
     ) -> None:
-        super().__init__(ledger, state_dir)
+        super().__init__(ledger, state_dir, here_only=here_only)
         self.python = python
         self._egress: dict[tuple[str, str], Egress] = {}
         self._lines: dict[str, DelayLineProcess] = {}
@@ -159,6 +190,17 @@ class UserspaceEngine(ShapingEngine):
         if profile.jitter_ms:
             distributions.table(profile.jitter_distribution)  # CapabilityMissing if absent
 
+    def share(self, direction: Direction, profile: LinkProfile) -> LinkProfile | None:
+        """The rate where src is, the delay line where dst is (both when both are here)."""
+        fields: dict[str, Any] = {}
+        if profile.rate_bit is not None and self._here(direction.src):
+            fields.update(rate_bit=profile.rate_bit, limit=profile.effective_limit())
+        if profile.needs_delay_line() and self._here(direction.dst):
+            fields.update(
+                {k: getattr(profile, k) for k in _LINE_FIELDS}, limit=profile.effective_limit()
+            )
+        return LinkProfile.model_construct(**fields) if fields else None
+
     # -- apply -----------------------------------------------------------------------------
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
         per_if: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._egress}
@@ -166,11 +208,11 @@ class UserspaceEngine(ShapingEngine):
             ns: {} for ns in self._line_netns
         }
         for d, p in wanted.items():
-            if p.rate_bit is not None:
+            if p.rate_bit is not None and self._here(d.src):
                 per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = Tbf(
                     p.rate_bit, Pfifo(p.effective_limit())
                 )
-            if p.needs_delay_line():
+            if p.needs_delay_line() and self._here(d.dst):
                 per_ns.setdefault(d.dst.netns, {})[(d.dst.ifname, d.src.address)] = line_params(p)
         # Delay lines first: a new direction's queue is bound before its rule exists.
         for ns, queues in per_ns.items():
@@ -181,7 +223,7 @@ class UserspaceEngine(ShapingEngine):
             self._egress[(ns, ifname)].apply(peers)
 
     def _apply_line(self, ns: str, wanted: dict[tuple[str, str], dict[str, Any]]) -> None:
-        exists = os.path.exists(netns_path(ns))
+        exists = netns_exists(ns)
         rules = {(r.ifname, r.src): r for r in iptables.list_rules(ns)} if exists else {}
         if not wanted:
             if exists:
@@ -215,7 +257,7 @@ class UserspaceEngine(ShapingEngine):
 
     # -- delay line processes ----------------------------------------------------------------
     def _control_path(self, ns: str) -> Path:
-        path = self.state_dir / f"delayline-{ns}.sock"
+        path = self.state_dir / f"delayline-{ns or 'here'}.sock"
         if len(str(path)) > MAX_UNIX_PATH:  # AF_UNIX paths are limited to 108 bytes
             digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
             path = Path(tempfile.gettempdir()) / f"tb-dl-{digest}.sock"
@@ -229,8 +271,8 @@ class UserspaceEngine(ShapingEngine):
             log.warning("delay line in %s (pid %d) died; restarting it", ns, line.pid)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         control = self._control_path(ns)
-        log_path = self.state_dir / f"delayline-{ns}.log"
-        argv = [*ns_argv(ns), self.python, "-m", "testbed.net.shaping.delayline"]
+        log_path = self.state_dir / f"delayline-{ns or 'here'}.log"
+        argv = [*enter_argv(ns), self.python, "-m", "testbed.net.shaping.delayline"]
         argv += ["--control", str(control)]
         env = dict(os.environ)
         root = str(Path(testbed.__file__).resolve().parent.parent)
@@ -240,14 +282,15 @@ class UserspaceEngine(ShapingEngine):
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
                 env=env, start_new_session=True,
             )  # fmt: skip
-        self.ledger.record_process("process", proc.pid, name="delayline", netns=ns)
+        self.ledger.record_process("process", proc.pid, name="delayline", netns=ns)  # "": here
         line = DelayLineProcess(ns, control, log_path, proc.pid, process_start_time(proc.pid), proc)
         self._lines[ns] = line
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if not line.alive():
                 raise LabError(
-                    f"delay line in {ns} exited at start ({proc.poll()}):\n{line.log_tail()}"
+                    f"delay line in {_where(ns)} exited at start ({proc.poll()}):\n"
+                    + line.log_tail()
                 )
             try:
                 line.request({"op": "ping"}, timeout=1.0)
@@ -256,7 +299,7 @@ class UserspaceEngine(ShapingEngine):
                 if time.monotonic() > deadline:
                     self._stop_line(ns)
                     raise LabError(
-                        f"delay line in {ns} did not answer in {START_TIMEOUT_S:g}s"
+                        f"delay line in {_where(ns)} did not answer in {START_TIMEOUT_S:g}s"
                     ) from None
                 time.sleep(0.02)
         log.info("delay line in %s started (pid %d)", ns, line.pid)
@@ -343,7 +386,7 @@ class UserspaceEngine(ShapingEngine):
 
     def close(self) -> None:
         for ns in sorted(self._line_netns):
-            if os.path.exists(netns_path(ns)):
+            if netns_exists(ns):
                 try:
                     iptables.remove_chain(ns)
                 except LabError as e:
