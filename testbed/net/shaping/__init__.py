@@ -11,8 +11,12 @@ Where things are:
 - userspace.py + iptables.py + delayline.py: the userspace engine, its NFQUEUE rules
   in the receiving namespace and its delay line process (fail-open);
 - distributions.py: iproute2's netem delay tables, used by both engines;
-- scratch.py: throw-away namespaces for the tests and the bench (not the lab).
+- scratch.py: throw-away namespaces for the tests and the bench (not the lab);
+- hosts.py: the engine for a lab whose endpoints are on `Host`s (SSH or local): each
+  host's part is done on the host by its agent (`testbed.net.agent`), which runs one of
+  the engines above there, in the host's own namespace (Endpoint.netns CURRENT, "").
 
-Owns qdiscs, filters, NFQUEUE rules and delay line processes in lab namespaces,
-never anything in the root namespace. Must not know about guests or SPICE.
+Owns qdiscs, filters, NFQUEUE rules and delay line processes in lab namespaces, and in
+an SSH host's own namespace through its agent (never its SSH interface); never anything
+in this machine's root namespace. Must not know about guests or SPICE.
 """
