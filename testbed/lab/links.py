@@ -21,9 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(lab: Lab) -> ShapingEngine:
+    """Hosts over SSH: each host's agent does its share there; else netlink from here."""
+    if lab.over_ssh:
+        from testbed.net.shaping.hosts import HostAgentsEngine
+
+        return HostAgentsEngine(lab.hosts, lab.ledger, lab.dir / "shaping")
     from testbed.net.shaping.detect import select_engine
 
     return select_engine(lab.ledger, lab.dir / "shaping")
+
+
+def engine_label(engine: ShapingEngine) -> str:
+    """The engine that really shapes (through agents: which one, and where)."""
+    chosen = getattr(engine, "chosen", None)
+    return f"{chosen} (agents on the hosts)" if chosen else engine.name
 
 
 class LabLinks:
@@ -53,7 +64,9 @@ class LabLinks:
                 f"{', '.join(topo.networks[network].members)})"
             )
         a = self.lab.attachment(host, network)
-        return Endpoint(host=host, netns=a.netns, ifname=a.ifname, address=str(a.address.ip))
+        # over SSH an agent shapes inside the host, in its own (current) namespace
+        netns = "" if self.lab.hosts[host].kind == "ssh" else a.netns
+        return Endpoint(host=host, netns=netns, ifname=a.ifname, address=str(a.address.ip))
 
     def shared_network(self, src: str, dst: str) -> str:
         """The one network both hosts are on (an error when none or several)."""
@@ -136,7 +149,7 @@ class LabLinks:
                     "dst": d.dst.host,
                     "asked": asked.describe() if asked else "",
                     "installed": got.describe() if got else "",
-                    "engine": self.engine.name,
+                    "engine": engine_label(self.engine),
                 }
             )
         return out

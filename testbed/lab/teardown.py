@@ -72,6 +72,8 @@ def teardown(lab: LabRecord) -> list[str]:
     done: list[str] = []
     entries = list(lab.ledger.entries())
     ssh = _ssh_hosts(lab)
+    if ssh and any(e.kind == "shaping-agent" for e in entries):
+        _close_shaping(lab, ssh)  # real hosts keep qdiscs and rules; a namespace drops them
     for e in reversed(entries):
         if e.kind == "domain":
             destroy_by_name(e["uri"], e["name"])  # a dead daemon's QEMU dies with its netns
@@ -121,6 +123,15 @@ def teardown(lab: LabRecord) -> list[str]:
         except OSError:
             break  # not empty: another lab lives there
     return done
+
+
+def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
+    from testbed.net.shaping.hosts import HostAgentsEngine
+
+    try:
+        HostAgentsEngine(ssh, lab.ledger, lab.dir / "shaping").close()
+    except TestbedError as e:
+        log.warning("teardown: shaped links: %s", e)
 
 
 def _remove_remote_dir(host: SshHost, path: str) -> None:
