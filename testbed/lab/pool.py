@@ -11,15 +11,25 @@ and roles.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
+import logging
 import os
+import socket
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import LabError
+from testbed.lab.state import state_root
+from testbed.model.inventory import Inventory, load_inventory
+from testbed.model.topology import HostSpec, Topology
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -136,3 +146,89 @@ class HostPool:
                     f"(held: {self.holders()})"
                 )
             time.sleep(poll_s)
+
+
+# -- topologies whose hosts come from a pool ------------------------------------------------
+def pooled_hosts(topology: Topology) -> dict[str, str]:
+    """Topology host -> the inventory group it is leased from (`from_pool`)."""
+    return {n: h.from_pool for n, h in topology.hosts.items() if h.from_pool is not None}
+
+
+def pool_of(topology: Topology, ttl_s: float = 900) -> tuple[HostPool, Inventory]:
+    """The inventory's hosts as a pool (a host's roles: its groups), leases under the state root."""
+    assert topology.inventory is not None
+    inv = load_inventory(topology.inventory)
+    key = hashlib.sha256(str(Path(inv.file).resolve()).encode()).hexdigest()[:12]
+    hosts = {h: inv.groups_of(h) for h in inv.hosts}
+    return HostPool(hosts, state_root() / "pool" / key, ttl_s=ttl_s), inv
+
+
+def bind(topology: Topology, inv: Inventory, lease: Lease) -> tuple[Topology, dict[str, str]]:
+    """`topology` with each pooled host replaced by a leased inventory host's fields, and
+    which inventory host each pooled host became."""
+    left = {group: list(names) for group, names in lease.hosts.items()}
+    hosts = dict(topology.hosts)
+    chosen: dict[str, str] = {}
+    for name, group in pooled_hosts(topology).items():
+        real = left[group].pop(0)
+        chosen[name] = real
+        spec = topology.hosts[name]
+        data = {**inv.host(real), **spec.model_dump(exclude_unset=True)}
+        data.update(kind="ssh", from_pool=None)
+        bound = HostSpec.model_validate(data)
+        for net_name, net in topology.networks.items():
+            if name not in net.members:
+                continue
+            if net_name not in bound.interfaces or net_name not in bound.addresses:
+                raise LabError(
+                    f"pool host {real} (for {name}) has no interface or address on network "
+                    f"{net_name}: give it interfaces.{net_name} and addresses.{net_name} "
+                    f"in {inv.file}"
+                )
+            if bound.addresses[net_name] not in net.subnet:
+                raise LabError(
+                    f"pool host {real} (for {name}): {bound.addresses[net_name]} is not in "
+                    f"{net_name}'s subnet {net.subnet}"
+                )
+        hosts[name] = bound
+    return topology.model_copy(update={"hosts": hosts}), chosen
+
+
+def default_owner() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+
+
+@contextmanager
+def leased(
+    topology: Topology, *, owner: str | None = None, timeout_s: float = 1800
+) -> Iterator[tuple[Topology, dict[str, str]]]:
+    """The topology with its pooled hosts bound to leased ones (renewed while in use).
+
+    Yields the bound topology and topology host -> leased inventory host. A topology
+    without pooled hosts comes back as it is.
+    """
+    wanted = pooled_hosts(topology)
+    if not wanted:
+        yield topology, {}
+        return
+    pool, inv = pool_of(topology)
+    lease = pool.lease(Counter(wanted.values()), owner or default_owner(), timeout_s=timeout_s)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(pool.ttl_s / 3):
+            try:
+                lease.renew()
+            except LabError as e:
+                log.warning("%s", e)
+                return
+
+    keeper = threading.Thread(target=renew, name="pool-lease", daemon=True)
+    keeper.start()
+    try:
+        yield bind(topology, inv, lease)
+    finally:
+        stop.set()
+        keeper.join(timeout=5)
+        lease.release()

@@ -30,7 +30,7 @@ ANSIBLE_NAMES = {
     "ansible_become": "sudo",
 }
 GROUP_KEYS = ("hosts", "vars", "children")
-VAR_FIELDS = tuple(f for f in SSH_FIELDS if f != "from_inventory")
+VAR_FIELDS = tuple(f for f in SSH_FIELDS if f not in ("from_inventory", "from_pool"))
 
 
 @dataclass
@@ -46,9 +46,13 @@ class Inventory:
 
     file: str
     hosts: dict[str, dict[str, Any]]
+    groups: dict[str, list[str]] = field(default_factory=dict)  # with their children's hosts
 
     def host(self, name: str) -> dict[str, Any]:
         return self.hosts[name]
+
+    def groups_of(self, host: str) -> list[str]:
+        return sorted(g for g, members in self.groups.items() if host in members)
 
 
 class _Reader:
@@ -56,12 +60,14 @@ class _Reader:
         self.doc, self.base = doc, base
         self.groups: dict[str, _Group] = {}
         self.host_vars: dict[str, dict[str, Any]] = {}
+        self.parents: dict[str, set[str]] = {}
 
     def fail(self, msg: str, path: PathKey) -> None:
         raise InputError(msg, file=self.doc.file, line=self.doc.line_of(path), field=dotted(path))
 
     def group(self, name: str, node: Any, path: PathKey, depth: int) -> None:
         g = self.groups.setdefault(name, _Group(depth))
+        self.parents.setdefault(name, set())
         g.depth = max(g.depth, depth)
         if node is None:
             return
@@ -86,6 +92,7 @@ class _Reader:
         if not isinstance(children, dict):
             self.fail("children is a mapping of group name to group", (*path, "children"))
         for cname, cnode in children.items():
+            self.parents.setdefault(cname, set()).add(name)
             self.group(cname, cnode, (*path, "children", cname), depth + 1)
 
     def vars(self, node: Any, path: PathKey) -> dict[str, Any]:
@@ -136,6 +143,21 @@ class _Reader:
         return out
 
 
+    def membership(self) -> dict[str, list[str]]:
+        """Each group's hosts, with those of its children (and theirs); `all` has every host."""
+        out: dict[str, set[str]] = {g: set(grp.hosts) for g, grp in self.groups.items()}
+        changed = True
+        while changed:
+            changed = False
+            for child, parents in self.parents.items():
+                for parent in parents:
+                    before = len(out.setdefault(parent, set()))
+                    out[parent] |= out.get(child, set())
+                    changed |= len(out[parent]) != before
+        out["all"] = set(self.host_vars)
+        return {g: sorted(h) for g, h in out.items()}
+
+
 def load_inventory(path: str | Path) -> Inventory:
     doc = load_yaml_file(path, empty_hint="an inventory starts with all: {hosts: ...}")
     if not isinstance(doc.data, dict):
@@ -143,4 +165,4 @@ def load_inventory(path: str | Path) -> Inventory:
     reader = _Reader(doc, Path(path).resolve().parent)
     for name, node in doc.data.items():
         reader.group(name, node, (name,), 0 if name == "all" else 1)
-    return Inventory(doc.file, reader.merged())
+    return Inventory(doc.file, reader.merged(), reader.membership())

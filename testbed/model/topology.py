@@ -53,7 +53,10 @@ SSH_FIELDS = (
     "known_hosts",
     "sudo",
     "interfaces",
+    "addresses",
+    "python",
     "from_inventory",
+    "from_pool",
 )
 
 
@@ -81,8 +84,16 @@ class HostSpec(Strict):
     interfaces: dict[str, str] = Field(
         default_factory=dict, description="network name -> interface name on this host"
     )
+    addresses: dict[str, ipaddress.IPv4Address] = Field(
+        default_factory=dict,
+        description="network name -> this host's address there (a real host's interface has one)",
+    )
     python: str = Field(
         "python3", min_length=1, description="interpreter for testbed's helpers on an ssh host"
+    )
+    from_pool: str | None = Field(
+        None,
+        description="an inventory group: each scenario leases a free host of it (pytest -n N)",
     )
     from_inventory: str | None = Field(
         None, description="take the fields above from this host of the topology's inventory"
@@ -152,14 +163,20 @@ class Topology(Strict):
         return [n for n, h in self.hosts.items() if "client" in h.roles]
 
     def address(self, network: str, host: str) -> ipaddress.IPv4Address:
-        """The host's address on `network`: explicit, else .1, .2, ... in member order."""
+        """The host's address on `network`: the host's own, the network's explicit one, else
+        .1, .2, ... in member order."""
         net = self.networks[network]
+        own = self.hosts[host].addresses if host in self.hosts else {}
+        if network in own:
+            return own[network]
         if host in net.addresses:
             return net.addresses[host]
-        taken = set(net.addresses.values())
+        taken = set(net.addresses.values()) | {
+            h.addresses[network] for h in self.hosts.values() if network in h.addresses
+        }
         candidates = (a for a in net.subnet.hosts() if a not in taken)
         for member in net.members:
-            if member in net.addresses:
+            if member in net.addresses or network in self.hosts[member].addresses:
                 continue
             addr = next(candidates)
             if member == host:
@@ -246,8 +263,26 @@ def _check_host_kind(
             if f in host.model_fields_set:
                 fail(f"{f} is only for hosts of kind ssh (this host is local)", ("hosts", name, f))
         return
+    if host.from_pool is not None:
+        if topo.inventory is None:
+            fail("from_pool needs an inventory: PATH at the top of the topology", ("hosts", name))
+        if host.from_inventory is not None or host.address is not None:
+            fail(
+                "a pooled host takes its address from the host it leases: drop "
+                "from_inventory/address",
+                ("hosts", name, "from_pool"),
+            )
+        return  # its interfaces and addresses come with the leased host
     if host.address is None:
         fail("an ssh host needs address (its name or IP for SSH)", ("hosts", name))
+    for net, addr in host.addresses.items():
+        if net not in topo.networks or name not in topo.networks[net].members:
+            fail(f"{name!r} is not a member of network {net!r}", ("hosts", name, "addresses", net))
+        if addr not in topo.networks[net].subnet:
+            fail(
+                f"{addr} is not in {net}'s subnet {topo.networks[net].subnet}",
+                ("hosts", name, "addresses", net),
+            )
     for net in host.interfaces:
         if net not in topo.networks:
             fail(
@@ -278,7 +313,24 @@ def _merge_inventory(doc: YamlDoc, base: Path) -> None:
     data["inventory"] = str(inv_path)
     inv = None
     for name, raw in hosts.items():
-        if not isinstance(raw, dict) or not isinstance(raw.get("from_inventory"), str):
+        if not isinstance(raw, dict):
+            continue
+        pool = raw.get("from_pool")
+        if isinstance(pool, str):
+            if inv is None:
+                inv = _load_inventory_at(doc, inv_path)
+            if not inv.groups.get(pool):
+                path = ("hosts", name, "from_pool")
+                raise InputError(
+                    f"no hosts in group {pool!r} of inventory {inv.file} "
+                    f"(groups: {', '.join(sorted(inv.groups))})",
+                    file=doc.file,
+                    line=doc.line_of(path),
+                    field=dotted(path),
+                )
+            raw.setdefault("kind", "ssh")
+            continue
+        if not isinstance(raw.get("from_inventory"), str):
             continue
         if inv is None:
             if not inv_path.exists():
@@ -305,6 +357,19 @@ def _merge_inventory(doc: YamlDoc, base: Path) -> None:
                 raw[key] = {**value, **raw[key]}
             else:
                 raw.setdefault(key, value)
+
+
+def _load_inventory_at(doc: YamlDoc, inv_path: Path) -> Any:
+    from testbed.model.inventory import load_inventory
+
+    if not inv_path.exists():
+        raise InputError(
+            f"no such inventory file {inv_path}",
+            file=doc.file,
+            line=doc.line_of(("inventory",)),
+            field="inventory",
+        )
+    return load_inventory(inv_path)
 
 
 def _resolve_paths(topo: Topology, base: Path) -> None:

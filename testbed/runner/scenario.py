@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from testbed.errors import LabError, TestbedError
 from testbed.lab.guests import finish_migration, migration_for, start_guest
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
+from testbed.lab.pool import leased, pooled_hosts
 from testbed.lab.spice import guest_display, spice_client
 from testbed.model.playbook import (
     ConnectClientStep,
@@ -93,27 +95,37 @@ class ScenarioRun:
     def run(self) -> ScenarioResult:
         t0 = time.monotonic()
         self.dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.say("lab up")
-            self.lab = Lab.up(self.topology)
-            self.timeline.add("lab.up", lab=self.lab.id)
-            self.result.hosts = {n: h.reached_as for n, h in self.lab.hosts.items()}
-            self.links = LabLinks(self.lab)
-            self.links.apply_topology()
-            for step in self.scenario.steps:
-                self._step(step)
-            self._finish_migration()
-            self._fire_after_triggers()
-            self._settle_and_judge()
-        except TestbedError as e:
-            self.result.error = str(e)
-            self.timeline.add("error", message=str(e))
-            log.warning("%s: %s", self.scenario.name, e)
-        finally:
-            self._collect_and_tear_down()
-            self.result.duration_s = round(time.monotonic() - t0, 3)
-            self.result.timeline = self.timeline.to_json()
-            judge(self.result, self.scenario)
+        with ExitStack() as lease:  # a pooled host is released only once the lab is down
+            try:
+                chosen: dict[str, str] = {}
+                topology = self.topology
+                if pooled_hosts(topology):
+                    self.say("leasing hosts from the pool")
+                    topology, chosen = lease.enter_context(leased(topology))
+                    self.timeline.add("pool.lease", hosts=chosen)
+                self.say("lab up")
+                self.lab = Lab.up(topology)
+                self.timeline.add("lab.up", lab=self.lab.id)
+                self.result.hosts = {
+                    n: h.reached_as + (f" ({chosen[n]})" if n in chosen else "")
+                    for n, h in self.lab.hosts.items()
+                }
+                self.links = LabLinks(self.lab)
+                self.links.apply_topology()
+                for step in self.scenario.steps:
+                    self._step(step)
+                self._finish_migration()
+                self._fire_after_triggers()
+                self._settle_and_judge()
+            except TestbedError as e:
+                self.result.error = str(e)
+                self.timeline.add("error", message=str(e))
+                log.warning("%s: %s", self.scenario.name, e)
+            finally:
+                self._collect_and_tear_down()
+                self.result.duration_s = round(time.monotonic() - t0, 3)
+                self.result.timeline = self.timeline.to_json()
+                judge(self.result, self.scenario)
         return self.result
 
     # -- steps -----------------------------------------------------------------------
