@@ -70,7 +70,7 @@ def test_up_on_an_ssh_host_runs_libvirtd_there_and_down_removes_it(
             ["ip", "netns", "identify", str(entry["pid"])], capture_output=True, text=True
         )
         assert ns.stdout.strip() == lab.netns
-        assert _remote_labs() - remote_before == {f"lab-{up.id}"}
+        assert _remote_labs() - remote_before == {f"lab-{up.id}-hv1"}
         # a second process finds the lab and reaches the host from lab.json alone
         again = Lab.open(up.id)
         assert again.conn("hv1").getHostname()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.table import Table
@@ -71,19 +72,36 @@ def doctor(as_json: bool, no_kvm_probe: bool, topology: str | None) -> None:
 @cli.command()
 @click.argument("topology", default=DEFAULT_TOPOLOGY, required=False)
 @click.option("--id", "lab_id", default=None, help="Use this lab id (4 hex digits).")
+@click.option(
+    "--bare",
+    is_flag=True,
+    help="Wire the hosts (and their sshds) only: no libvirtd, no X server, no shaping.",
+)
+@click.option(
+    "--inventory",
+    "inventory",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the hosts as an SSH inventory (a drive: ssh topology), e.g. for from_pool.",
+)
 @friendly_errors
-def up(topology: str, lab_id: str | None) -> None:
+def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) -> None:
     """Bring a lab up from TOPOLOGY (default: the embedded local lab)."""
     from testbed.lab.lab import Lab
     from testbed.lab.links import LabLinks
+    from testbed.lab.site import write_inventory
     from testbed.model.topology import load_topology
 
     topo = load_topology(topology)
     with step(f"bringing up {topo.name}") as progress:
-        lab = Lab.up(topo, progress=progress, lab_id=lab_id)
+        lab = Lab.up(topo, progress=progress, lab_id=lab_id, services=not bare)
         try:
-            progress("shaping the topology's links")
-            LabLinks(lab).apply_topology()
+            if not bare:
+                progress("shaping the topology's links")
+                LabLinks(lab).apply_topology()
+            if inventory is not None:
+                write_inventory(lab, inventory)
+                lab.ledger.record("file", path=str(inventory.resolve()))
         except BaseException:
             lab.down()
             raise

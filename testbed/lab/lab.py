@@ -159,8 +159,16 @@ class Lab:
     # lifecycle -------------------------------------------------------------
     @classmethod
     def up(
-        cls, topology: Topology, *, progress: Progress = _quiet, lab_id: str | None = None
+        cls,
+        topology: Topology,
+        *,
+        progress: Progress = _quiet,
+        lab_id: str | None = None,
+        services: bool = True,
     ) -> Lab:
+        """Bring `topology` up. `services=False` (a bare lab) wires the hosts (and starts
+        their sshds with `drive: ssh`) but runs no libvirtd or X server: machines for
+        another lab to use as `kind: ssh` hosts, e.g. an inventory's pool."""
         remote = [n for n, h in topology.hosts.items() if h.kind == "ssh"]
         if remote and len(remote) != len(topology.hosts):
             local = next(n for n in topology.hosts if n not in remote)
@@ -180,6 +188,7 @@ class Lab:
                 "topology": topology.source,
                 "topology_name": topology.name,
                 "created": time.time(),
+                "services": services,
                 "hosts": {},
                 **owner_fields(),
             },
@@ -187,7 +196,7 @@ class Lab:
         record.save()
         lab = cls(record, topology)
         try:
-            lab._build(progress)
+            lab._build(progress, services)
         except BaseException:
             progress("failed; removing what was made")
             lab.close()
@@ -197,12 +206,16 @@ class Lab:
         record.save()
         return lab
 
-    def _build(self, progress: Progress) -> None:
+    def _build(self, progress: Progress, services: bool = True) -> None:
         t0 = time.monotonic()
         if self.namespaces:
             self._wire(progress)
         if self.topology.drive == "ssh" and self.namespaces:
             self._start_sshds(progress)
+        if not services:
+            self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
+            self.record.save()
+            return
         for name, spec in self.topology.hosts.items():
             if spec.kind == "ssh":
                 self._connect_ssh_host(name, progress)
@@ -305,7 +318,8 @@ class Lab:
         """A real machine: check the connection, then make its state folder (recorded first)."""
         spec = self.topology.hosts[name]
         progress(f"SSH to {name}")
-        state = PurePosixPath(REMOTE_STATE) / f"lab-{self.id}"
+        # per host too: two topology hosts may be one machine (or share its files)
+        state = PurePosixPath(REMOTE_STATE) / f"lab-{self.id}-{name}"
         host = SshHost.from_spec(name, spec, state_dir=state)
         host.run(["true"])  # a wrong key, host key or address fails here, before anything
         entry: dict[str, Any] = {
