@@ -153,8 +153,12 @@ def test_client_connects_sees_the_guest_and_leaves_nothing(tmp_path: Path) -> No
         assert any("qemu-system" in c for _, c in procs.values())
 
         watcher.stop()
+        assert abs(watcher.clock_offset) < 0.005  # a namespace shares this machine's clock
         client.stop()
         assert not client.running()
+        # the log was followed on the host and is now a file here, where callers read it
+        assert client.log_path.parent == tmp_path and client.log_path.stat().st_size > 0
+        assert client.host_log is not None and not lab.hosts["client"].exists(client.host_log)
         assert client.pid is not None and not same_process(client.pid, procs[client.pid][0])
         c = classify(client.log_text())
         assert (c.outcome, c.usbredir) == ("no-migration", "kept"), c.reason

@@ -1,10 +1,15 @@
 """What the client's screen shows: screenshots, window lists, and a sampler of display changes.
 
-The client's Xvfb listens only on an abstract socket of the client's network
-namespace, so every X call runs in a child process inside that namespace
-(`python -m testbed.spice.screen ...`, started through the host). The parent
-side only reads what the child writes. Times are CLOCK_MONOTONIC, which the
-namespace shares with the parent, so they compare with `time.monotonic()`.
+The client's Xvfb listens only on an abstract socket of the client host's network
+namespace, so every X call runs in a child process on that host
+(`python -m testbed.spice.screen ...`, through `Host.module_argv`). The parent
+side uses only the Host interface: the child writes its files on the host, and
+the parent reads them there (`read_bytes`) or copies them back (`get`), so the
+same code serves a namespace on this machine and a machine over SSH.
+
+The sampler's times are the host's CLOCK_MONOTONIC. Another machine's clock
+differs from ours by a constant, measured when the watcher starts (`clock_offset`),
+so every time the watcher returns is this machine's `time.monotonic()`.
 
 The guest redraws its whole screen in a new colour 25 times a second, so the
 longest gap between display changes measures how long the client showed a
@@ -17,19 +22,19 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import struct
 import sys
 import time
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from testbed.errors import LabError
-from testbed.hosts.base import Host
-from testbed.hosts.display import XDisplay
+from testbed.hosts.base import Host, Process
+from testbed.hosts.display import XDisplay, x_env
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.procs import stop_pids
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +42,47 @@ VIEWER_CLASS = "remote-viewer"
 SAMPLE_HZ = 100
 SAMPLE_SIZE = 16
 STATUS_EVERY_S = 0.25
+CLOCK_TRIALS = 3
+MODULE = "testbed.spice.screen"
 
 
 # ---- parent side -----------------------------------------------------------------
 
 
-def _child_env(display: XDisplay) -> dict[str, str]:
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **display.env()}
+def _scratch(host: Host, stem: str, suffix: str) -> PurePath:
+    """A fresh path for a file of this module on `host`, under its state folder."""
+    return host.state_dir / "screen" / f"{stem}-{secrets.token_hex(4)}{suffix}"
 
 
-def _child_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "testbed.spice.screen", *args]
+def clock_offset(host: Host, trials: int = CLOCK_TRIALS) -> float:
+    """`host`'s CLOCK_MONOTONIC minus ours, in seconds (0 for a namespace of this machine).
+
+    Each trial reads the host's clock once, between our readings t0 and t1, so the
+    offset lies in [r - t1, r - t0]. A command's session is set up before it runs
+    and its answer comes back in one trip, and the child reads its clock as its last
+    act, so r - t1 is the tight side: the best trial's (largest) r - t1 is kept.
+    """
+    argv = host.module_argv(MODULE, "clock")
+    best: float | None = None
+    for _ in range(max(1, trials)):
+        t0 = time.monotonic()
+        out = host.run(argv, timeout=30).stdout
+        t1 = time.monotonic()
+        try:
+            r = float(out.split()[0])
+        except (IndexError, ValueError):
+            raise LabError(
+                f"{host.name}: cannot read its monotonic clock: {out[-200:]!r}"
+            ) from None
+        best = r - t1 if best is None else max(best, r - t1)
+        log.debug(
+            "%s: clock trial: round trip %.1f ms, r - t1 %.2f ms",
+            host.name,
+            (t1 - t0) * 1e3,
+            (r - t1) * 1e3,
+        )
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)
@@ -69,9 +104,14 @@ class Window:
 
 
 def screenshot(host: Host, display: XDisplay, path: Path) -> Path:
-    """Save the whole X screen of `display` as a PNG at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    host.run(_child_argv("shot", str(path)), env=_child_env(display), timeout=30)
+    """Save the whole X screen of `display` (on `host`) as a PNG at `path` on this machine."""
+    remote = _scratch(host, "shot", ".png")
+    host.makedirs(remote.parent)
+    try:
+        host.run(host.module_argv(MODULE, "shot", str(remote)), env=x_env(display), timeout=30)
+        host.get(remote, path)
+    finally:
+        host.run(["rm", "-f", str(remote)], check=False)
     if not path.exists() or path.stat().st_size == 0:
         raise LabError(f"screenshot of {display.name} on {host.name} wrote nothing at {path}")
     return path
@@ -79,7 +119,7 @@ def screenshot(host: Host, display: XDisplay, path: Path) -> Path:
 
 def list_windows(host: Host, display: XDisplay) -> list[Window]:
     """Top-level windows of `display`."""
-    res = host.run(_child_argv("windows"), env=_child_env(display), timeout=30)
+    res = host.run(host.module_argv(MODULE, "windows"), env=x_env(display), timeout=30)
     return [Window(**{**w, "wm_class": tuple(w["wm_class"])}) for w in json.loads(res.stdout)]
 
 
@@ -102,11 +142,14 @@ class Gap:
 
 
 class DisplayWatcher:
-    """Samples a small square of the viewer's display at ~100 Hz in a child process.
+    """Samples a small square of the viewer's display at ~100 Hz in a child on the host.
 
-    The child writes one line per pixel change (`C <t> <crc>`), a status line
-    every 0.25 s (`S <t> <samples>`), and a line whenever it (re)finds the
-    viewer window (`W <t> <id> <x> <y> <w> <h>` or `W <t> none`).
+    The child appends to a file on the host one line per pixel change
+    (`C <t> <crc>`), a status line every 0.25 s (`S <t> <samples>`), and a line
+    whenever it (re)finds the viewer window (`W <t> <id> <x> <y> <w> <h>` or
+    `W <t> none`), times in the host's clock. The parent reads what was appended
+    since its last look and keeps the lines, times turned into ours. `stop` writes
+    them to `out_path` (on this machine), in our clock, after an `O <offset>` line.
     """
 
     def __init__(
@@ -122,28 +165,40 @@ class DisplayWatcher:
         self.host, self.display, self.path = host, display, out_path
         self.ledger, self.hz, self.size = ledger, hz, size
         self.pid: int | None = None
-        self._proc: Any = None
+        self.clock_offset = 0.0  # host's monotonic clock minus ours, seconds
+        self.remote_path: PurePath | None = None  # the child's file, on the host
+        self._proc: Process | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset = 0
+        self._partial = b""
+        self._lines_seen: list[list[str]] = []  # times already in our clock
+        self._changes: list[float] = []
+        self._first: float | None = None
+        self._last: float | None = None
+        self._n = 0
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
-        err = open(self.path.with_suffix(".err"), "wb")  # noqa: SIM115 - handed to the child
-        try:
-            self._proc = self.host.popen(
-                _child_argv(
-                    "watch", str(self.path), "--hz", str(self.hz), "--size", str(self.size)
-                ),
-                stdout=err,
-                stderr=err,
-                env=_child_env(self.display),
-            )
-        finally:
-            err.close()
+        self._reset()
+        self.clock_offset = clock_offset(self.host)
+        self.remote_path = _scratch(self.host, self.path.stem, ".txt")
+        self.host.write_text(self.remote_path, "")
+        args = ["watch", str(self.remote_path), "--hz", str(self.hz), "--size", str(self.size)]
+        self._proc = self.host.start(
+            self.host.module_argv(MODULE, *args),
+            log=self.remote_path.with_suffix(".err"),
+            env=x_env(self.display),
+        )
         self.pid = self._proc.pid
         if self.ledger is not None:
-            self.ledger.record_process(
-                "process", self.pid, name="display-watcher", netns=getattr(self.host, "netns", None)
-            )
+            self.host.record_process(self.ledger, self._proc, "process", name="display-watcher")
+        log.info(
+            "display watcher on %s (pid %s), clock offset %.2f ms",
+            self.host.name,
+            self.pid,
+            self.clock_offset * 1e3,
+        )
 
     def wait_started(self, timeout_s: float = 10) -> None:
         deadline = time.monotonic() + timeout_s
@@ -153,15 +208,27 @@ class DisplayWatcher:
             if self._proc is not None and self._proc.poll() is not None:
                 break
             time.sleep(0.05)
-        err = self.path.with_suffix(".err")
-        detail = err.read_text(errors="replace").strip()[-300:] if err.exists() else ""
+        detail = ""
+        if self.remote_path is not None:
+            detail = self.host.read_text(self.remote_path.with_suffix(".err")).strip()[-300:]
         raise LabError(f"display watcher on {self.host.name} did not start: {detail}")
 
     def stop(self) -> None:
-        if self._proc is not None:
-            stop_pids([self._proc.pid], grace_s=2)
-            self._proc.wait(timeout=5)
+        """End the child, keep its last lines, write them to `out_path`, remove its files."""
+        if self._proc is None:
+            return
+        try:
+            self.host.stop(self._proc, grace_s=2)
+            self._refresh()
+        finally:
             self._proc = None
+            if self.remote_path is not None:
+                err = self.remote_path.with_suffix(".err")
+                self.host.run(["rm", "-f", str(self.remote_path), str(err)], check=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        head = f"O {self.clock_offset:.6f} {self.host.name}\n"
+        body = "".join(" ".join(p) + "\n" for p in self._lines_seen)
+        self.path.write_text(head + body)
 
     def __enter__(self) -> DisplayWatcher:
         self.start()
@@ -171,27 +238,39 @@ class DisplayWatcher:
         self.stop()
 
     # -- reading what the child wrote ---------------------------------------------------
-    def _lines(self) -> list[list[str]]:
-        try:
-            text = self.path.read_text(errors="replace")
-        except OSError:
-            return []
-        return [ln.split() for ln in text.splitlines() if ln.strip()]
+    def _refresh(self) -> None:
+        """Take in what the child appended since the last look (nothing once stopped)."""
+        if self._proc is None or self.remote_path is None:
+            return
+        chunk = self.host.read_bytes(self.remote_path, self._offset)
+        self._offset += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for raw in lines:
+            p = raw.decode(errors="replace").split()
+            if len(p) < 2 or p[0] not in ("B", "C", "S", "W"):
+                continue
+            try:
+                t = float(p[1]) - self.clock_offset
+            except ValueError:
+                continue
+            p[1] = f"{t:.6f}"
+            self._lines_seen.append(p)
+            if p[0] == "C" and len(p) >= 3:
+                self._changes.append(t)
+            elif p[0] == "S" and len(p) >= 3:
+                self._first = t if self._first is None else self._first
+                self._last, self._n = t, int(p[2])
 
     def changes(self) -> list[float]:
-        """Monotonic times at which the sampled pixels changed."""
-        return [float(p[1]) for p in self._lines() if p[0] == "C" and len(p) >= 3]
+        """Times (our monotonic clock) at which the sampled pixels changed."""
+        self._refresh()
+        return list(self._changes)
 
     def samples(self) -> tuple[float | None, int, float | None]:
-        """(first sample time, samples taken, last sample time)."""
-        first = last = None
-        n = 0
-        for p in self._lines():
-            if p[0] == "S" and len(p) >= 3:
-                t = float(p[1])
-                first = t if first is None else first
-                last, n = t, int(p[2])
-        return first, n, last
+        """(first sample time, samples taken, last sample time), in our monotonic clock."""
+        self._refresh()
+        return self._first, self._n, self._last
 
     def longest_gap(self, window: tuple[float, float] | None = None) -> Gap | None:
         return longest_gap(self.changes(), window, self.samples())
@@ -229,7 +308,7 @@ def longest_gap(
     return Gap(best[0], best[1])
 
 
-# ---- child side (runs inside the client's namespace) ---------------------------------------
+# ---- child side (runs on the client host) ---------------------------------------
 
 
 def _connect() -> Any:
@@ -368,11 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     sh = sub.add_parser("shot", help="save the X screen as PNG")
     sh.add_argument("path", type=Path)
     sub.add_parser("windows", help="list top-level windows as JSON")
+    sub.add_parser("clock", help="print this host's monotonic clock, as the last act")
     wa = sub.add_parser("watch", help="append display-change times to a file")
     wa.add_argument("path", type=Path)
     wa.add_argument("--hz", type=int, default=SAMPLE_HZ)
     wa.add_argument("--size", type=int, default=SAMPLE_SIZE)
     a = p.parse_args(argv)
+    if a.cmd == "clock":
+        # read as late as possible and leave at once: the reading ends the exchange
+        os.write(1, f"{time.monotonic():.9f}\n".encode())
+        os._exit(0)
     if a.cmd == "shot":
         _shot(a.path)
     elif a.cmd == "windows":
