@@ -1,4 +1,7 @@
-"""Shaping on the embedded lab through the CLI, as a user does it: shape, links, probe, clear."""
+"""Shaping on the embedded lab through the CLI, as a user does it: shape, links, probe, clear.
+
+Also on the lab driven over SSH (ssh-local.yaml), where each host's agent shapes and
+the probes run on the hosts themselves."""
 
 from __future__ import annotations
 
@@ -35,9 +38,12 @@ def probe(lab: str, src: str, dst: str) -> dict:
     return json.loads(res.stdout)
 
 
-def test_shape_links_probe_clear_on_the_lab(needs_root: None, state_root: Path) -> None:
+@pytest.mark.parametrize("topology", ["local", "ssh-local"])
+def test_shape_links_probe_clear_on_the_lab(
+    needs_root: None, state_root: Path, topology: str
+) -> None:
     before = Snapshot.take(state_root)
-    lab = Lab.up(load_topology(REPO / "topologies" / "local.yaml"))
+    lab = Lab.up(load_topology(REPO / "topologies" / f"{topology}.yaml"))
     try:
         base = probe(lab.id, "client", "dst")["rtt_ms"]["avg"]
         assert base < 5
@@ -49,6 +55,13 @@ def test_shape_links_probe_clear_on_the_lab(needs_root: None, state_root: Path) 
         rows = json.loads(tb("links", "--lab", lab.id, "--json").stdout)["rows"]
         assert [(r["src"], r["dst"]) for r in rows] == [("client", "dst")]
         assert "delay 100ms" in rows[0]["installed"] and rows[0]["engine"]
+        if topology == "ssh-local":
+            assert "agents on the hosts" in rows[0]["engine"], rows[0]
+            # the SSH interface is never shaped: the lab's control connection stays fast
+            mgmt = tb(
+                "shape", "client", "dst", "--network", "mgmt", "--delay", "1s", "--lab", lab.id
+            )
+            assert mgmt.returncode == 2 and "mgmt" in mgmt.stderr, mgmt.stderr
 
         bad = tb("shape", "client", "dst", "--delay", "100xs", "--lab", lab.id)
         assert bad.returncode == 2 and "100xs" in bad.stderr and "Traceback" not in bad.stderr

@@ -153,9 +153,13 @@ def probe(
     from testbed.lab.links import LabLinks
     from testbed.net.probe import probe as run_probe
 
-    ll = LabLinks(Lab.open(find_lab(lab_target).id))
+    lab = Lab.open(find_lab(lab_target).id)
+    ll = LabLinks(lab)
     net = network or ll.shared_network(src, dst)
-    res = run_probe(ll.endpoint(net, src), ll.endpoint(net, dst), pings=pings, goodput_s=goodput_s)
+    hosts = (lab.hosts[src], lab.hosts[dst]) if lab.over_ssh else None  # the tools run there
+    res = run_probe(
+        ll.endpoint(net, src), ll.endpoint(net, dst), pings=pings, goodput_s=goodput_s, hosts=hosts
+    )
     data = json.loads(res.to_json())
     if as_json:
         print(res.to_json())

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from testbed.errors import CapabilityMissing, LabError
+from testbed.hosts.base import Host
 from testbed.hosts.nsexec import ns_argv
 from testbed.net.shaping.base import Endpoint
 
@@ -90,14 +91,27 @@ def parse_iperf3(output: str) -> float:
     return doc["end"]["sum_received"]["bits_per_second"] / 1e6
 
 
-def ping(src: Endpoint, dst: Endpoint, count: int = 50, interval_s: float = 0.02) -> PingStats:
-    """Ping dst from src's namespace (root may use intervals below 0.2 s)."""
+def ping(
+    src: Endpoint,
+    dst: Endpoint,
+    count: int = 50,
+    interval_s: float = 0.02,
+    *,
+    src_host: Host | None = None,
+) -> PingStats:
+    """Ping dst from src's namespace, or from `src_host` itself (root may use intervals
+    below 0.2 s)."""
     wait_s = 3
-    argv = [*ns_argv(src.netns), "ping", "-n", "-q", "-c", str(count), "-i", str(interval_s)]
+    argv = ["ping", "-n", "-q", "-c", str(count), "-i", str(interval_s)]
     argv += ["-W", str(wait_s), "-I", src.address, dst.address]
     timeout = count * interval_s + wait_s + 10
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if src_host is not None:
+            out = src_host.run(argv, check=False, timeout=timeout)
+        else:
+            out = subprocess.run(
+                [*ns_argv(src.netns), *argv], capture_output=True, text=True, timeout=timeout
+            )
     except FileNotFoundError:
         raise CapabilityMissing(
             "ping is not installed", hint="apt-get install iputils-ping"
@@ -105,6 +119,38 @@ def ping(src: Endpoint, dst: Endpoint, count: int = 50, interval_s: float = 0.02
     if out.returncode not in (0, 1):  # 1: some replies missing, still a measurement
         raise LabError(f"ping {src} -> {dst} failed ({out.returncode}): {out.stderr.strip()}")
     return parse_ping(out.stdout)
+
+
+def goodput_on_hosts(
+    src: Endpoint,
+    dst: Endpoint,
+    src_host: Host,
+    dst_host: Host,
+    seconds: float = 3.0,
+    omit_s: float = 0.0,
+) -> float:
+    """One TCP flow between two hosts, each command run on its own host (e.g. over SSH)."""
+    port = random.randint(20000, 40000)
+    log = dst_host.state_dir / f"iperf3-{port}.log"
+    srv = dst_host.start(
+        ["iperf3", "-s", "-1", "--forceflush", "-B", dst.address, "-p", str(port)], log=log
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "listening" not in dst_host.read_text(log).lower():
+            if srv.poll() is not None or time.monotonic() > deadline:
+                raise LabError(
+                    f"iperf3 server on {dst_host.name} did not start: "
+                    + dst_host.read_text(log).strip()[-300:]
+                )
+            time.sleep(0.05)
+        client = ["iperf3", "-J", "-c", dst.address, "-p", str(port), "-B", src.address]
+        client += ["-t", f"{seconds:g}"] + (["-O", f"{omit_s:g}"] if omit_s else [])
+        out = src_host.run(client, check=False, timeout=seconds + omit_s + 30)
+        return parse_iperf3(out.stdout)
+    finally:
+        dst_host.stop(srv)
+        dst_host.run(["rm", "-f", str(log)], check=False)
 
 
 def goodput(
@@ -158,14 +204,23 @@ def probe(
     interval_s: float = 0.02,
     goodput_s: float = 3.0,
     omit_s: float = 0.0,
+    hosts: tuple[Host, Host] | None = None,
 ) -> ProbeResult:
     """RTT (min/avg/max) and loss from `pings` pings, then goodput from one TCP flow.
 
     `pings=0` or `goodput_s=0` skips that half. The pings run first, on an idle link,
-    so the RTT is the link's and not a queue's.
+    so the RTT is the link's and not a queue's. `hosts` (src's, dst's): run the tools
+    on those hosts (an SSH lab) instead of in the endpoints' namespaces here.
     """
-    stats = ping(src, dst, pings, interval_s) if pings else None
-    rate = goodput(src, dst, goodput_s, omit_s) if goodput_s else None
+    src_host = hosts[0] if hosts else None
+    stats = ping(src, dst, pings, interval_s, src_host=src_host) if pings else None
+    rate = None
+    if goodput_s:
+        rate = (
+            goodput_on_hosts(src, dst, hosts[0], hosts[1], goodput_s, omit_s)
+            if hosts
+            else goodput(src, dst, goodput_s, omit_s)
+        )
     rtt = None
     if stats is not None and stats.rtt_avg_ms is not None:
         rtt = {"min": stats.rtt_min_ms, "avg": stats.rtt_avg_ms, "max": stats.rtt_max_ms}

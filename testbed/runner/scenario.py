@@ -102,7 +102,7 @@ class ScenarioRun:
                 if pooled_hosts(topology):
                     self.say("leasing hosts from the pool")
                     topology, chosen = lease.enter_context(leased(topology))
-                    self.timeline.add("pool.lease", hosts=chosen)
+                    self.timeline.add("pool.lease", hosts=chosen, at=time.time())
                 self.say("lab up")
                 self.lab = Lab.up(topology)
                 self.timeline.add("lab.up", lab=self.lab.id)
