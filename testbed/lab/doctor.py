@@ -233,6 +233,13 @@ REMOTE_CHECKS: list[tuple[str, list[str], set[str] | None, bool, str]] = [
         "install python3 >= 3.9 (testbed sends its pyroute2 helpers; they run on the host)",
     ),
     (
+        "pydantic 2",
+        ["@python", "-c", "import pydantic as p; print(p.VERSION); assert p.VERSION >= '2'"],
+        None,
+        True,
+        "pip install 'pydantic>=2' for the host's python (the shaping agent validates with it)",
+    ),
+    (
         "NetfilterQueue",
         ["@python", "-c", "import netfilterqueue"],
         None,
