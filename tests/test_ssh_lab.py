@@ -18,11 +18,16 @@ from leaks import Snapshot
 from sshlab import PORT, SshLab, ssh_lab
 
 from testbed.errors import LabError
+from testbed.hosts.display import start_xvfb
+from testbed.hosts.ledger import Ledger, process_start_time, same_process
+from testbed.hosts.local import LocalHost
+from testbed.hosts.procs import stop_recorded
 from testbed.hosts.ssh import REMOTE_STATE
 from testbed.lab.lab import Lab
 from testbed.lab.state import list_labs
 from testbed.lab.teardown import teardown
 from testbed.model.topology import load_topology
+from testbed.spice.screen import screenshot
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +134,46 @@ def test_cli_up_names_the_host_and_exits_nonzero(lab: SshLab, tmp_path: Path) ->
     assert res.returncode != 0
     assert "hv1: cannot reach" in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
+
+
+def test_a_client_with_its_own_display_gets_no_xvfb_and_keeps_its_display(
+    lab: SshLab, tmp_path: Path, state_root: Path
+) -> None:
+    """`x_display`: the client host's own X server (here an Xvfb the 'machine' already
+    runs) is used as it is; testbed starts none and stops none."""
+    own = Ledger(tmp_path / "own.jsonl")
+    there = LocalHost("own-x", lab.netns, tmp_path / "own-x")
+    x = start_xvfb(there, tmp_path / "own-x", own)
+    try:
+        path = tmp_path / "client.yaml"
+        path.write_text(
+            "name: own-display\nhosts:\n"
+            + "".join(
+                f"  {n}:\n    kind: ssh\n    roles: [{role}]\n    address: {lab.address}\n"
+                f"    port: {PORT}\n    key_file: {lab.sshd.client_key}\n"
+                f"    known_hosts: {lab.sshd.known_hosts}\n    python: {sys.executable}\n"
+                f"    accel: tcg\n{extra}"
+                for n, role, extra in [
+                    ("hv1", "hypervisor", ""),
+                    (
+                        "cl1",
+                        "client",
+                        f"    x_display: ':{x.number}'\n    x_authority: {x.xauthority}\n",
+                    ),
+                ]
+            )
+        )
+        up = Lab.up(load_topology(path))
+        try:
+            d = up.display("cl1")
+            assert (d.number, d.pid) == (x.number, 0)
+            assert not up.ledger.of_kind("xvfb")
+            assert [e["name"] for e in up.ledger.of_kind("remote-process")] == ["libvirtd@hv1"]
+            png = screenshot(up.hosts["cl1"], d, tmp_path / "own.png")
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        finally:
+            up.down()
+        assert same_process(x.pid, process_start_time(x.pid))  # its own X server lives on
+    finally:
+        for e in own.entries():
+            stop_recorded(int(e["pid"]), e.get("start_time"))

@@ -31,7 +31,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 class XDisplay:
     number: int
     xauthority: PurePath  # on the host the display belongs to
-    pid: int  # Xvfb's pid on that host
+    pid: int  # Xvfb's pid on that host; 0 for the host's own display (not testbed's)
 
     @property
     def name(self) -> str:
@@ -113,6 +113,16 @@ def _xauth_add(host: Host, xauth: PurePath, number: int, cookie: str) -> None:
 def x_env(display: XDisplay) -> dict[str, str]:
     """The whole environment of an X client of `display` on its host."""
     return {"PATH": HOST_PATH, **display.env()}
+
+
+def existing_display(
+    host: Host, name: str, xauthority: PurePath | None, timeout_s: float = 5
+) -> XDisplay:
+    """The host's own X display (`:N`), checked to accept clients; testbed never stops it."""
+    number = int(name.lstrip(":"))
+    xauth = xauthority or PurePath("/root/.Xauthority")
+    _wait_x(host, number, xauth, timeout_s)
+    return XDisplay(number=number, xauthority=xauth, pid=0)
 
 
 def _wait_x(host: Host, number: int, xauth: PurePath, timeout_s: float) -> None:

@@ -26,7 +26,7 @@ import libvirt
 from testbed.errors import InputError, LabError, TestbedError
 from testbed.hosts.base import Host
 from testbed.hosts.bundle import ensure_bundle
-from testbed.hosts.display import XDisplay, start_xvfb
+from testbed.hosts.display import XDisplay, existing_display, start_xvfb
 from testbed.hosts.ledger import Ledger
 from testbed.hosts.local import LocalHost
 from testbed.hosts.ssh import REMOTE_STATE, SshHost
@@ -240,8 +240,11 @@ class Lab:
             self.record.info["hosts"][name].update(libvirt_uri=daemon.uri, libvirtd_pid=pid)
         for name in self.topology.clients():
             progress(f"X display on {name}")
-            host = self.hosts[name]
-            x = start_xvfb(host, host.state_dir, self.ledger)
+            host, spec = self.hosts[name], self.topology.hosts[name]
+            if spec.x_display:
+                x = existing_display(host, spec.x_display, spec.x_authority)
+            else:
+                x = start_xvfb(host, host.state_dir, self.ledger)
             self.record.info["hosts"][name]["display"] = {
                 "number": x.number,
                 "xauthority": str(x.xauthority),

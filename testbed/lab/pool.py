@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import LabError
-from testbed.lab.state import state_root
 from testbed.model.inventory import Inventory, load_inventory
 from testbed.model.topology import HostSpec, Topology
 
 log = logging.getLogger(__name__)
+
+# Machine-wide, like lab id claims: two state roots leasing the same real hosts must see
+# each other's leases. What stays here is a lock file per inventory, no lab state.
+POOL_LEASES = Path("/run/testbed-pool")
 
 
 @dataclass
@@ -155,12 +158,12 @@ def pooled_hosts(topology: Topology) -> dict[str, str]:
 
 
 def pool_of(topology: Topology, ttl_s: float = 900) -> tuple[HostPool, Inventory]:
-    """The inventory's hosts as a pool (a host's roles: its groups), leases under the state root."""
+    """The inventory's hosts as a pool (a host's roles: its groups), leases machine-wide."""
     assert topology.inventory is not None
     inv = load_inventory(topology.inventory)
     key = hashlib.sha256(str(Path(inv.file).resolve()).encode()).hexdigest()[:12]
     hosts = {h: inv.groups_of(h) for h in inv.hosts}
-    return HostPool(hosts, state_root() / "pool" / key, ttl_s=ttl_s), inv
+    return HostPool(hosts, POOL_LEASES / key, ttl_s=ttl_s), inv
 
 
 def bind(topology: Topology, inv: Inventory, lease: Lease) -> tuple[Topology, dict[str, str]]:

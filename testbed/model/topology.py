@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -55,6 +55,8 @@ SSH_FIELDS = (
     "interfaces",
     "addresses",
     "python",
+    "x_display",
+    "x_authority",
     "from_inventory",
     "from_pool",
 )
@@ -90,6 +92,14 @@ class HostSpec(Strict):
     )
     python: str = Field(
         "python3", min_length=1, description="interpreter for testbed's helpers on an ssh host"
+    )
+    x_display: str | None = Field(
+        None,
+        pattern=r"^:[0-9]+$",
+        description="a client's own X display (e.g. ':0'); without it testbed starts an Xvfb",
+    )
+    x_authority: PurePosixPath | None = Field(
+        None, description="the Xauthority file of x_display, on the host"
     )
     from_pool: str | None = Field(
         None,
