@@ -89,8 +89,8 @@ class Host(ABC):
         """Whether `path` exists on the host."""
 
     @abstractmethod
-    def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
-        """Make a folder (and its parents) on the host."""
+    def makedirs(self, path: PurePath, *more: PurePath, mode: int = 0o755) -> None:
+        """Make folders (and their parents) on the host, in one go."""
 
     def read_text(self, path: PurePath) -> str:
         return self.read_bytes(path).decode("utf-8", errors="replace")

@@ -64,8 +64,9 @@ class LocalHost(Host):
     def exists(self, path: PurePath) -> bool:
         return Path(path).exists()
 
-    def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+    def makedirs(self, path: PurePath, *more: PurePath, mode: int = 0o755) -> None:
+        for p in (path, *more):
+            Path(p).mkdir(parents=True, exist_ok=True, mode=mode)
 
     def get_tree(self, remote: PurePath, local: Path) -> bool:
         if not Path(remote).is_dir():

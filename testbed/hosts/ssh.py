@@ -566,8 +566,8 @@ class SshHost(Host):
     def exists(self, path: PurePath) -> bool:
         return self.run(["test", "-e", str(path)], check=False).returncode == 0
 
-    def makedirs(self, path: PurePath, mode: int = 0o755) -> None:
-        self.run(["mkdir", "-p", "-m", f"{mode:o}", str(path)])
+    def makedirs(self, path: PurePath, *more: PurePath, mode: int = 0o755) -> None:
+        self.run(["mkdir", "-p", "-m", f"{mode:o}", *(str(p) for p in (path, *more))])
 
     def stop_process(self, pid: int, start_time: int | None, grace_s: float = 3.0) -> bool:
         """SIGTERM, then SIGKILL after `grace_s`, a process recorded by pid and start time.

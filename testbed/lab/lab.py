@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
@@ -216,19 +217,27 @@ class Lab:
             self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
             self.record.save()
             return
-        for name, spec in self.topology.hosts.items():
-            if spec.kind == "ssh":
-                self._connect_ssh_host(name, progress)
-        for name in self.topology.hosts:
-            host = self.hosts[name]
-            if isinstance(host, SshHost):
-                progress(f"testbed's helpers to {name}")
-                bundle = ensure_bundle(host)
-                self.record.info["hosts"][name]["ssh"]["pythonpath"] = str(bundle)
+        # each host's own setup over its own connection, all hosts at once
+        with ThreadPoolExecutor(max_workers=len(self.topology.hosts)) as pool:
+            started = [pool.submit(self._host_services, n, progress) for n in self.topology.hosts]
+            for done in started:
+                done.result()
         self.record.save()
-        for name in self.topology.hypervisors():
+        self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
+        self.record.save()
+
+    def _host_services(self, name: str, progress: Progress) -> None:
+        """Connect (ssh), send testbed's helpers, start libvirtd and/or the X display."""
+        spec = self.topology.hosts[name]
+        if spec.kind == "ssh":
+            self._connect_ssh_host(name, progress)
+        host = self.hosts[name]
+        if isinstance(host, SshHost):
+            progress(f"testbed's helpers to {name}")
+            bundle = ensure_bundle(host)
+            self.record.info["hosts"][name]["ssh"]["pythonpath"] = str(bundle)
+        if "hypervisor" in spec.roles:
             progress(f"libvirtd on {name}")
-            host = self.hosts[name]
             host.makedirs(host.state_dir, mode=0o700)
             cfg = LibvirtdConfig(
                 display_address=self.address_on_any(name, "display", *self.topology.networks),
@@ -238,9 +247,8 @@ class Lab:
             daemon = self.libvirtd(name)
             pid = daemon.start(cfg, self.ledger)
             self.record.info["hosts"][name].update(libvirt_uri=daemon.uri, libvirtd_pid=pid)
-        for name in self.topology.clients():
+        if "client" in spec.roles:
             progress(f"X display on {name}")
-            host, spec = self.hosts[name], self.topology.hosts[name]
             if spec.x_display:
                 x = existing_display(host, spec.x_display, spec.x_authority)
             else:
@@ -250,8 +258,6 @@ class Lab:
                 "xauthority": str(x.xauthority),
                 "pid": x.pid,
             }
-        self.record.info["up_seconds"] = round(time.monotonic() - t0, 3)
-        self.record.save()
 
     def _wire(self, progress: Progress) -> None:
         """Namespaces, one bridge per network, a veth per host and network."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def release_claim(lab_id: str, lab_dir: Path) -> None:
         pass
 
 
+_SAVING = threading.Lock()
+
+
 @dataclass
 class LabRecord:
     """A lab as its state directory describes it."""
@@ -93,9 +97,12 @@ class LabRecord:
         return self.status != "up" and not self.owner_alive()
 
     def save(self) -> None:
-        tmp = self.dir / "lab.json.tmp"
-        tmp.write_text(json.dumps(self.info, indent=2, sort_keys=True, default=str))
-        tmp.replace(self.dir / "lab.json")
+        """Write lab.json atomically (a host's setup threads may save at once)."""
+        with _SAVING:
+            text = json.dumps(self.info, indent=2, sort_keys=True, default=str)
+            tmp = self.dir / "lab.json.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.dir / "lab.json")
 
 
 def read_lab(lab_dir: Path) -> LabRecord:

@@ -129,9 +129,7 @@ class Libvirtd:
                 f"libvirtd is not installed on {h.name}",
                 hint="make setup (installs libvirt-daemon-system)",
             )
-        for sub in PRIVATE_DIRS:
-            h.makedirs(self.dir / sub, mode=0o700)
-        h.makedirs(self.dir / "log" / "qemu", mode=0o700)
+        h.makedirs(*(self.dir / sub for sub in PRIVATE_DIRS), self.dir / "log" / "qemu", mode=0o700)
         h.write_text(self.dir / "qemu.conf", qemu_conf(cfg), mode=0o600)
         h.write_text(self.dir / "libvirtd.conf", libvirtd_conf(cfg), mode=0o600)
         q = shlex.quote
