@@ -8,8 +8,10 @@ error before anything exists, here or there.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -177,3 +179,38 @@ def test_a_client_with_its_own_display_gets_no_xvfb_and_keeps_its_display(
     finally:
         for e in own.entries():
             stop_recorded(int(e["pid"]), e.get("start_time"))
+
+
+def test_killed_up_on_an_ssh_host_is_cleaned_by_down_all(
+    lab: SshLab, tmp_path: Path, state_root: Path
+) -> None:
+    """SIGKILL `testbed up` once it has started libvirtd on the SSH host; `down --all`
+    reaches the host from lab.json and leaves nothing there or here."""
+    path = _topology(tmp_path, lab)
+    before, remote_before = Snapshot.take(state_root), _remote_labs()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed", "up", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        labs = [r for r in list_labs() if r.info.get("owner_pid") == proc.pid]
+        if labs and labs[0].ledger.of_kind("remote-dir"):
+            time.sleep(0.3)  # somewhere in sending helpers or starting libvirtd
+            proc.send_signal(signal.SIGKILL)
+            killed = labs[0].status != "up"
+            break
+        time.sleep(0.01)
+    proc.wait(10)
+    assert killed, "the lab came up before it could be killed"
+    res = subprocess.run(
+        [sys.executable, "-m", "testbed", "down", "--all"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert _remote_labs() == remote_before
+    assert Snapshot.take(state_root).leaks_since(before) == {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -91,6 +92,10 @@ def teardown(lab: LabRecord) -> list[str]:
             e.get("start_time"),
         ):
             done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
+    for name, h in ssh.items():  # started but not yet recorded when the caller died
+        swept: list[str] = []
+        _on_host(ssh, name, "sweeping leftover processes", _sweep_remote, str(h.state_dir), swept)
+        done += [f"process {pid} of {h.state_dir} on {name}" for pid in swept]
     for e in reversed(entries):
         if e.kind == "remote-dir" and _on_host(
             ssh, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
@@ -132,6 +137,31 @@ def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
         HostAgentsEngine(ssh, lab.ledger, lab.dir / "shaping").close()
     except TestbedError as e:
         log.warning("teardown: shaped links: %s", e)
+
+
+def _sweep_remote(host: SshHost, state_dir: str, swept: list[str]) -> None:
+    """Stop every process on the host whose command line names the lab's state folder.
+
+    Everything a lab starts there does (libvirtd -f, Xvfb -auth, the delay line's
+    control socket), so this finds what a killed `testbed up` started but never
+    recorded. `[/]` keeps pgrep from matching the shell that runs it; an sshd (the
+    embedded SSH lab's own, whose config lives there too) is the caller's way in and
+    is left to the local teardown.
+    """
+    if "/testbed" not in state_dir and "/labs/" not in state_dir:
+        raise TestbedError(f"refusing to sweep {state_dir}: not a testbed state folder")
+    pattern = shlex.quote("[/]" + state_dir.lstrip("/") + "/")
+    script = f"""
+for sig in TERM KILL; do
+  pids=$(pgrep -f {pattern} | while read -r p; do
+    [ "$(cat /proc/$p/comm 2>/dev/null)" = sshd ] || echo "$p"; done)
+  [ -n "$pids" ] || exit 0
+  [ $sig = TERM ] && echo $pids
+  kill -$sig $pids 2>/dev/null; sleep 1
+done
+exit 0
+"""
+    swept += host.run(["sh", "-c", script], timeout=60).stdout.split()
 
 
 def _remove_remote_dir(host: SshHost, path: str) -> None:
