@@ -113,17 +113,24 @@ def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) ->
 
 
 def _print_lab(info: dict) -> None:
-    from testbed.model.topology import load_topology
+    from testbed.model.topology import Topology, load_topology
 
     t = Table(
         "host",
-        "namespace",
+        "reached as",
         "addresses",
         "libvirt",
         "display",
         title=f"lab {info.get('id')} ({info.get('topology_name')})",
     )
-    topo = load_topology(info["topology"]) if info.get("topology") else None
+    spec = info.get("topology_spec")
+    topo = (
+        Topology.model_validate(spec)
+        if spec
+        else load_topology(info["topology"])
+        if info.get("topology")
+        else None
+    )
     for name, h in info.get("hosts", {}).items():
         addrs = ""
         if topo:
@@ -133,11 +140,13 @@ def _print_lab(info: dict) -> None:
                 if name in net.members
             )
         disp = h.get("display", {})
+        ssh = h.get("ssh")
+        uri = h.get("libvirt_uri", "")
         t.add_row(
             name,
-            h.get("netns", ""),
+            f"ssh {ssh['user']}@{ssh['address']}:{ssh['port']}" if ssh else h.get("netns", ""),
             addrs,
-            h.get("libvirt_uri", ""),
+            uri.split("?", 1)[0] + (" (own socket)" if "socket=" in uri else ""),
             f":{disp['number']}" if disp else "",
         )
     out.print(t)

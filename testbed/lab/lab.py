@@ -188,6 +188,10 @@ class Lab:
                 "status": "starting",
                 "topology": topology.source,
                 "topology_name": topology.name,
+                # as brought up: a pooled host bound to the machine it leased
+                "topology_spec": topology.model_dump(
+                    mode="json", by_alias=True, exclude_unset=True
+                ),
                 "created": time.time(),
                 "services": services,
                 "hosts": {},
@@ -369,7 +373,12 @@ class Lab:
         src = d.info.get("topology")
         if not src:
             raise LabError(f"lab {lab_id} has no topology recorded; run `testbed down {lab_id}`")
-        return cls(d, load_topology(src))
+        spec = d.info.get("topology_spec")
+        if spec is None:
+            return cls(d, load_topology(src))
+        topology = Topology.model_validate(spec)
+        topology.source = src
+        return cls(d, topology)
 
     @staticmethod
     def _dir_of(lab_id: str) -> Path:
