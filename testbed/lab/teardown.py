@@ -47,11 +47,13 @@ def ssh_host_from_record(name: str, fields: Mapping[str, Any]) -> SshHost:
 
 
 def _ssh_hosts(lab: LabRecord) -> dict[str, SshHost]:
-    return {
-        name: ssh_host_from_record(name, info["ssh"])
-        for name, info in lab.info.get("hosts", {}).items()
-        if "ssh" in info
-    }
+    hosts = {}
+    for name, info in lab.info.get("hosts", {}).items():
+        if "ssh" in info:
+            hosts[name] = ssh_host_from_record(name, info["ssh"])
+            # a namespace host: stopping its namespace's processes here covers it
+            hosts[name].local_fallback = "netns" in info  # type: ignore[attr-defined]
+    return hosts
 
 
 def _on_host(hosts: Mapping[str, SshHost], name: str, what: str, fn: Any, *args: Any) -> bool:
@@ -64,7 +66,8 @@ def _on_host(hosts: Mapping[str, SshHost], name: str, what: str, fn: Any, *args:
         fn(host, *args)
         return True
     except TestbedError as e:
-        log.warning("teardown: %s on %s: %s", what, name, e)
+        level = logging.DEBUG if getattr(host, "local_fallback", False) else logging.WARNING
+        log.log(level, "teardown: %s on %s: %s", what, name, e)
         return False
 
 
@@ -79,11 +82,9 @@ def teardown(lab: LabRecord) -> list[str]:
         if e.kind == "domain":
             destroy_by_name(e["uri"], e["name"])  # a dead daemon's QEMU dies with its netns
             done.append(f"domain {e['name']}")
+    # over SSH first, while the embedded SSH lab's own sshds still run
     for e in reversed(entries):
-        if e.kind in ("process", "xvfb"):
-            stop_recorded(int(e["pid"]), e.get("start_time"))
-            done.append(f"{e.kind} {e.get('name', e['pid'])}")
-        elif e.kind == "remote-process" and _on_host(
+        if e.kind == "remote-process" and _on_host(
             ssh,
             e["host"],
             f"stopping pid {e['pid']}",
@@ -101,6 +102,10 @@ def teardown(lab: LabRecord) -> list[str]:
             ssh, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
         ):
             done.append(f"dir {e['path']} on {e['host']}")
+    for e in reversed(entries):
+        if e.kind in ("process", "xvfb"):
+            stop_recorded(int(e["pid"]), e.get("start_time"))
+            done.append(f"{e.kind} {e.get('name', e['pid'])}")
     for h in ssh.values():
         h.close()
     for e in reversed(entries):
