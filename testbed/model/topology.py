@@ -316,7 +316,6 @@ def _merge_inventory(doc: YamlDoc, base: Path) -> None:
     raw_inv, hosts = data.get("inventory"), data.get("hosts")
     if not isinstance(raw_inv, str) or not isinstance(hosts, dict):
         return  # absent, or wrong: the schema says so with the line
-    from testbed.model.inventory import load_inventory  # it builds on HostSpec
 
     inv_path = Path(raw_inv).expanduser()
     inv_path = inv_path if inv_path.is_absolute() else base / inv_path
@@ -343,14 +342,7 @@ def _merge_inventory(doc: YamlDoc, base: Path) -> None:
         if not isinstance(raw.get("from_inventory"), str):
             continue
         if inv is None:
-            if not inv_path.exists():
-                raise InputError(
-                    f"no such inventory file {inv_path}",
-                    file=doc.file,
-                    line=doc.line_of(("inventory",)),
-                    field="inventory",
-                )
-            inv = load_inventory(inv_path)
+            inv = _load_inventory_at(doc, inv_path)
         ref = raw["from_inventory"]
         if ref not in inv.hosts:
             path = ("hosts", name, "from_inventory")
