@@ -370,6 +370,8 @@ def _load_inventory_at(doc: YamlDoc, inv_path: Path) -> Any:
             file=doc.file,
             line=doc.line_of(("inventory",)),
             field="inventory",
+            hint="write one for your machines, or make one on this machine with "
+            f"`testbed up topologies/site-local.yaml --bare --inventory {inv_path}`",
         )
     return load_inventory(inv_path)
 
