@@ -113,6 +113,7 @@ def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) ->
 
 
 def _print_lab(info: dict) -> None:
+    from testbed.hosts.ssh import SshHost
     from testbed.model.topology import Topology, load_topology
 
     t = Table(
@@ -140,11 +141,11 @@ def _print_lab(info: dict) -> None:
                 if name in net.members
             )
         disp = h.get("display", {})
-        ssh = h.get("ssh")
+        ssh = SshHost.from_record(name, h["ssh"]) if "ssh" in h else None
         uri = h.get("libvirt_uri", "")
         t.add_row(
             name,
-            f"ssh {ssh['user']}@{ssh['address']}:{ssh['port']}" if ssh else h.get("netns", ""),
+            ssh.reached_as if ssh else h.get("netns", ""),
             addrs,
             uri.split("?", 1)[0] + (" (own socket)" if "socket=" in uri else ""),
             f":{disp['number']}" if disp else "",

@@ -245,14 +245,11 @@ class SshHost(Host):
             hint=f"set key_file for host {self.name} in the topology",
         )
 
-    def argv(self, argv: Sequence[str]) -> list[str]:
-        """The OpenSSH client argv that runs `argv` there, with the same key and host-key checks."""
+    def openssh_options(self) -> list[str]:
+        """OpenSSH client options that check as this class does: no config, no agent,
+        only the given key, host keys from known_hosts only and never added."""
         return [
-            "ssh",
             "-F", "/dev/null",
-            "-i", str(self.key_path()),
-            "-p", str(self.port),
-            "-l", self.user,
             "-o", "BatchMode=yes",
             "-o", "IdentitiesOnly=yes",
             "-o", "IdentityAgent=none",
@@ -261,10 +258,51 @@ class SshHost(Host):
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
             "-o", "LogLevel=ERROR",
+        ]  # fmt: skip
+
+    def argv(self, argv: Sequence[str]) -> list[str]:
+        """The OpenSSH client argv that runs `argv` there, with the same key and host-key checks."""
+        return [
+            "ssh",
+            *self.openssh_options(),
+            "-i", str(self.key_path()),
+            "-p", str(self.port),
+            "-l", self.user,
             "--",
             self.address,
             self.command_line(argv),
         ]  # fmt: skip
+
+    # -- as a lab records it (lab.json), to reach the host again from any process ------
+    def to_record(self) -> dict[str, Any]:
+        """How to reach this host again: paths and addresses only, never a key's contents."""
+        return {
+            "address": self.address,
+            "port": self.port,
+            "user": self.user,
+            "key_file": str(self.key_path()),
+            "known_hosts": str(self.known_hosts),
+            "sudo": self.sudo,
+            "python": self.python,
+            "pythonpath": self.pythonpath,
+            "state_dir": str(self.state_dir),
+        }
+
+    @classmethod
+    def from_record(cls, name: str, fields: Mapping[str, Any]) -> SshHost:
+        host = cls(
+            name,
+            fields["address"],
+            port=int(fields.get("port", 22)),
+            user=fields.get("user", "root"),
+            key_file=Path(fields["key_file"]),
+            known_hosts=Path(fields["known_hosts"]),
+            sudo=bool(fields.get("sudo", False)),
+            state_dir=PurePosixPath(fields["state_dir"]),
+            python=fields.get("python", "python3"),
+        )
+        host.pythonpath = fields.get("pythonpath")
+        return host
 
     # -- the connection -----------------------------------------------------------------
     def _connect(self) -> paramiko.SSHClient:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any
 
 import libvirt
 
@@ -33,7 +32,7 @@ from testbed.hosts.local import LocalHost
 from testbed.hosts.ssh import REMOTE_STATE, SshHost
 from testbed.hosts.sshd import start_sshd
 from testbed.lab.state import LabRecord, list_labs, new_lab_dir, owner_fields, read_lab
-from testbed.lab.teardown import ssh_host_from_record, teardown
+from testbed.lab.teardown import teardown
 from testbed.model.topology import Topology, load_topology
 from testbed.net.links import (
     Attachment,
@@ -76,7 +75,7 @@ class Lab:
         for name in topology.hosts:
             info = record.info.get("hosts", {}).get(name, {})
             if "ssh" in info:
-                self.hosts[name] = ssh_host_from_record(name, info["ssh"])
+                self.hosts[name] = SshHost.from_record(name, info["ssh"])
             elif name in self.namespaces:
                 self.hosts[name] = self.namespaces[name]
         self._conns: dict[str, libvirt.virConnect] = {}
@@ -238,8 +237,8 @@ class Lab:
         host = self.hosts[name]
         if isinstance(host, SshHost):
             progress(f"testbed's helpers to {name}")
-            bundle = ensure_bundle(host)
-            self.record.info["hosts"][name]["ssh"]["pythonpath"] = str(bundle)
+            ensure_bundle(host)
+            self.record.info["hosts"][name]["ssh"] = host.to_record()
         if "hypervisor" in spec.roles:
             progress(f"libvirtd on {name}")
             host.makedirs(host.state_dir, mode=0o700)
@@ -314,17 +313,17 @@ class Lab:
             attach(self.bridge_netns, bridge, ns.netns, f"tb{self.id}m{i}", "mgmt", addr)
             progress(f"sshd on {name}")
             sshd = start_sshd(ns.netns, addr.ip, 22, ns.state_dir / "sshd", self.ledger)
-            self.record.info["hosts"][name]["ssh"] = {
-                "address": str(addr.ip),
-                "port": 22,
-                "user": "root",
-                "key_file": str(sshd.client_key),
-                "known_hosts": str(sshd.known_hosts),
+            host = SshHost(
+                name,
+                str(addr.ip),
+                key_file=sshd.client_key,
+                known_hosts=sshd.known_hosts,
+                state_dir=PurePosixPath(ns.state_dir),
                 # the same machine: testbed's own interpreter has the compiled modules
-                "python": sys.executable,
-                "state_dir": str(ns.state_dir),
-            }
-            self.hosts[name] = ssh_host_from_record(name, self.record.info["hosts"][name]["ssh"])
+                python=sys.executable,
+            )
+            self.record.info["hosts"][name]["ssh"] = host.to_record()
+            self.hosts[name] = host
         self.record.save()
 
     def _connect_ssh_host(self, name: str, progress: Progress) -> None:
@@ -335,17 +334,7 @@ class Lab:
         state = PurePosixPath(REMOTE_STATE) / f"lab-{self.id}-{name}"
         host = SshHost.from_spec(name, spec, state_dir=state)
         host.run(["true"])  # a wrong key, host key or address fails here, before anything
-        entry: dict[str, Any] = {
-            "address": host.address,
-            "port": host.port,
-            "user": host.user,
-            "key_file": str(host.key_path()),
-            "known_hosts": str(host.known_hosts),
-            "sudo": host.sudo,
-            "python": host.python,
-            "state_dir": str(state),
-        }
-        self.record.info["hosts"][name] = {"ssh": entry}
+        self.record.info["hosts"][name] = {"ssh": host.to_record()}
         self.ledger.record("remote-dir", host=name, path=str(state))
         self.record.save()
         host.makedirs(state, mode=0o700)

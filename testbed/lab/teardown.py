@@ -12,7 +12,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import netns
@@ -29,34 +29,21 @@ log = logging.getLogger(__name__)
 NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
 
 
-def ssh_host_from_record(name: str, fields: Mapping[str, Any]) -> SshHost:
-    """The SshHost a lab recorded for `name` (lab.json), to reach it again from any process."""
-    host = SshHost(
-        name,
-        fields["address"],
-        port=int(fields.get("port", 22)),
-        user=fields.get("user", "root"),
-        key_file=Path(fields["key_file"]),
-        known_hosts=Path(fields["known_hosts"]),
-        sudo=bool(fields.get("sudo", False)),
-        state_dir=PurePosixPath(fields["state_dir"]),
-        python=fields.get("python", "python3"),
-    )
-    host.pythonpath = fields.get("pythonpath")
-    return host
-
-
-def _ssh_hosts(lab: LabRecord) -> dict[str, SshHost]:
-    hosts = {}
+def _ssh_hosts(lab: LabRecord) -> tuple[dict[str, SshHost], set[str]]:
+    """The lab's SSH hosts, and which of them are namespaces here (whose processes the
+    local sweep stops anyway, so a failure to reach them over SSH is no warning)."""
+    hosts, covered = {}, set()
     for name, info in lab.info.get("hosts", {}).items():
         if "ssh" in info:
-            hosts[name] = ssh_host_from_record(name, info["ssh"])
-            # a namespace host: stopping its namespace's processes here covers it
-            hosts[name].local_fallback = "netns" in info  # type: ignore[attr-defined]
-    return hosts
+            hosts[name] = SshHost.from_record(name, info["ssh"])
+            if "netns" in info:
+                covered.add(name)
+    return hosts, covered
 
 
-def _on_host(hosts: Mapping[str, SshHost], name: str, what: str, fn: Any, *args: Any) -> bool:
+def _on_host(
+    hosts: Mapping[str, SshHost], covered: set[str], name: str, what: str, fn: Any, *args: Any
+) -> bool:
     """Run `fn(host, *args)`; an unreachable host is reported, not fatal (teardown goes on)."""
     host = hosts.get(name)
     if host is None:
@@ -66,7 +53,7 @@ def _on_host(hosts: Mapping[str, SshHost], name: str, what: str, fn: Any, *args:
         fn(host, *args)
         return True
     except TestbedError as e:
-        level = logging.DEBUG if getattr(host, "local_fallback", False) else logging.WARNING
+        level = logging.DEBUG if name in covered else logging.WARNING
         log.log(level, "teardown: %s on %s: %s", what, name, e)
         return False
 
@@ -75,7 +62,7 @@ def teardown(lab: LabRecord) -> list[str]:
     """Remove everything `lab` recorded; return a line per thing removed."""
     done: list[str] = []
     entries = list(lab.ledger.entries())
-    ssh = _ssh_hosts(lab)
+    ssh, covered = _ssh_hosts(lab)
     if ssh and any(e.kind == "shaping-agent" for e in entries):
         _close_shaping(lab, ssh)  # real hosts keep qdiscs and rules; a namespace drops them
     for e in reversed(entries):
@@ -86,6 +73,7 @@ def teardown(lab: LabRecord) -> list[str]:
     for e in reversed(entries):
         if e.kind == "remote-process" and _on_host(
             ssh,
+            covered,
             e["host"],
             f"stopping pid {e['pid']}",
             SshHost.stop_process,
@@ -95,11 +83,12 @@ def teardown(lab: LabRecord) -> list[str]:
             done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
     for name, h in ssh.items():  # started but not yet recorded when the caller died
         swept: list[str] = []
-        _on_host(ssh, name, "sweeping leftover processes", _sweep_remote, str(h.state_dir), swept)
+        what = "sweeping leftover processes"
+        _on_host(ssh, covered, name, what, _sweep_remote, str(h.state_dir), swept)
         done += [f"process {pid} of {h.state_dir} on {name}" for pid in swept]
     for e in reversed(entries):
         if e.kind == "remote-dir" and _on_host(
-            ssh, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
+            ssh, covered, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
         ):
             done.append(f"dir {e['path']} on {e['host']}")
     for e in reversed(entries):

@@ -176,18 +176,7 @@ class Libvirtd:
 
 def ssh_wrapper(host: SshHost, folder: Path) -> Path:
     """An executable that runs OpenSSH as SshHost does: this key only, strict known_hosts."""
-    checks = [
-        "-F", "/dev/null",
-        "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "IdentityAgent=none",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={host.known_hosts}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", f"ConnectTimeout={max(1, int(host.connect_timeout))}",
-        "-o", "LogLevel=ERROR",
-    ]  # fmt: skip
-    body = f'#!/bin/sh\nexec ssh {shlex.join(checks)} "$@"\n'
+    body = f'#!/bin/sh\nexec ssh {shlex.join(host.openssh_options())} "$@"\n'
     path = folder / f"ssh-{hashlib.sha256(body.encode()).hexdigest()[:10]}"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
