@@ -140,11 +140,13 @@ class Host(ABC):
         except subprocess.TimeoutExpired:
             raise LabError(f"{self.name}: {' '.join(argv)} did not finish in {timeout} s") from None
         if check and res.returncode != 0:
-            detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-            raise LabError(
-                f"{self.name}: {' '.join(argv)} failed ({res.returncode}): " + " | ".join(detail)
-            )
+            raise self.failed(" ".join(argv), res)
         return res
+
+    def failed(self, shown: str, res: subprocess.CompletedProcess[str]) -> LabError:
+        """The error for a command that exited non-zero: host, command, code, last lines."""
+        detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+        return LabError(f"{self.name}: {shown} failed ({res.returncode}): " + " | ".join(detail))
 
     def popen(
         self,

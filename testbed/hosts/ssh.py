@@ -452,8 +452,7 @@ class SshHost(Host):
         if rc == 127 and check and "not found" in res.stderr:
             raise LabError(f"{self.name}: cannot run {argv[0]}: " + res.stderr.strip()[-200:])
         if check and rc != 0:
-            detail = (res.stderr or res.stdout).strip().splitlines()[-3:]
-            raise LabError(f"{self.name}: {shown} failed ({rc}): " + " | ".join(detail))
+            raise self.failed(shown, res)
         return res
 
     def _raw(
