@@ -1,81 +1,27 @@
 """Which engine can run here: ask the kernel, do not guess from the distribution.
 
-`netem_available()` adds a netem qdisc to a veth in a scratch namespace (or in the
-namespace given) and reads the answer: a kernel without sch_netem says "Specified qdisc
-kind is unknown" (ENOENT). `select_engine()` picks the kernel engine where netem works
-and the userspace engine elsewhere, and says why in the log.
+`netem_available()` (netem_probe.py) asks the kernel for a netem qdisc;
+`select_engine()` picks the kernel engine where netem works and the userspace engine
+elsewhere, and says why in the log.
 """
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import logging
-import os
 import shutil
 from pathlib import Path
 
-from pyroute2 import AsyncIPRoute, netns
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWQDISC
-
-from testbed.errors import CapabilityMissing, InputError, LabError
+from testbed.errors import CapabilityMissing, InputError
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.nsexec import netns_path
-from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import ShapingEngine
-from testbed.net.shaping.egress import Egress, run
+from testbed.net.shaping.netem_probe import netem_available
+
+__all__ = ["ENGINES", "netem_available", "select_engine", "userspace_missing"]
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "kernel-netem", "userspace-nfqueue")
-_cache: dict[str | None, bool] = {}
-
-
-def netem_available(netns_name: str | None = None) -> bool:
-    """True if the kernel accepts a netem qdisc (tried on a temporary veth pair)."""
-    if netns_name in _cache:
-        return _cache[netns_name]
-    scratch = None
-    if netns_name is None:
-        scratch = f"tbprobe-{os.getpid()}"
-        if os.path.exists(netns_path(scratch)):
-            netns.remove(scratch)
-        netns.create(scratch)
-    elif not os.path.exists(netns_path(netns_name)):
-        raise LabError(f"network namespace {netns_name!r} does not exist")
-    ns = scratch or netns_name
-    try:
-        err = run(lambda: _try_netem(ns))
-    finally:
-        if scratch:
-            netns.remove(scratch)
-    if err is not None and err.code not in (errno.ENOENT, errno.EOPNOTSUPP):
-        raise LabError(f"netem probe in {ns}: unexpected answer {err}")
-    if err is not None:
-        log.info("netem is not available: %s", err)
-    _cache[netns_name] = err is None
-    return err is None
-
-
-async def _try_netem(ns: str) -> NetlinkError | None:
-    """Add a netem root qdisc on a temporary veth; None if the kernel took it."""
-    a, b = f"tbnp{os.getpid() % 100000}a", f"tbnp{os.getpid() % 100000}b"
-    async with AsyncIPRoute(netns=ns, flags=0) as ipr:
-        await ipr.link("add", ifname=a, kind="veth", peer=b)
-        try:
-            idx = (await ipr.link_lookup(ifname=a))[0]
-            msg = nl.netem_qdisc(idx, nl.handle(1), nl.TC_H_ROOT, nl.NetemParams(delay_ms=1))
-            flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
-            try:
-                await Egress.request(ipr, msg, RTM_NEWQDISC, flags)
-            except NetlinkError as e:
-                return e
-            return None
-        finally:
-            for idx in await ipr.link_lookup(ifname=a):
-                await ipr.link("del", index=idx)
 
 
 def userspace_missing() -> list[str]:

@@ -25,6 +25,7 @@ from testbed.net.shaping import distributions
 from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
 from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf, clear_all
+from testbed.net.shaping.netem_probe import netem_available
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ class KernelNetemEngine(ShapingEngine):
     def check(self, profile: LinkProfile, direction: Direction | None = None) -> None:
         """Refuse before touching anything: netem missing, or a distribution table."""
         if profile.needs_delay_line():
-            from testbed.net.shaping.detect import netem_available
-
             if not netem_available():
                 raise CapabilityMissing(
                     f"{direction or 'this link'}: {profile.describe()} needs netem, and this "
