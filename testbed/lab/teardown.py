@@ -18,8 +18,9 @@ from typing import Any
 from pyroute2 import netns
 
 from testbed.errors import TestbedError
+from testbed.hosts.base import Host
+from testbed.hosts.factory import remote_hosts_from_record
 from testbed.hosts.procs import stop_netns_processes, stop_recorded
-from testbed.hosts.ssh import SshHost
 from testbed.lab.state import LabRecord, claimed, release_claim
 from testbed.net.links import remove_netns, remove_root_link
 from testbed.virt.domain import destroy_by_name
@@ -29,20 +30,16 @@ log = logging.getLogger(__name__)
 NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
 
 
-def _ssh_hosts(lab: LabRecord) -> tuple[dict[str, SshHost], set[str]]:
+def _ssh_hosts(lab: LabRecord) -> tuple[dict[str, Host], set[str]]:
     """The lab's SSH hosts, and which of them are namespaces here (whose processes the
     local sweep stops anyway, so a failure to reach them over SSH is no warning)."""
-    hosts, covered = {}, set()
-    for name, info in lab.info.get("hosts", {}).items():
-        if "ssh" in info:
-            hosts[name] = SshHost.from_record(name, info["ssh"])
-            if "netns" in info:
-                covered.add(name)
-    return hosts, covered
+    recorded = lab.info.get("hosts", {})
+    hosts = remote_hosts_from_record(recorded)
+    return hosts, {n for n in hosts if "netns" in recorded[n]}
 
 
 def _on_host(
-    hosts: Mapping[str, SshHost], covered: set[str], name: str, what: str, fn: Any, *args: Any
+    hosts: Mapping[str, Host], covered: set[str], name: str, what: str, fn: Any, *args: Any
 ) -> bool:
     """Run `fn(host, *args)`; an unreachable host is reported, not fatal (teardown goes on)."""
     host = hosts.get(name)
@@ -76,7 +73,7 @@ def teardown(lab: LabRecord) -> list[str]:
             covered,
             e["host"],
             f"stopping pid {e['pid']}",
-            SshHost.stop_process,
+            _stop_pid,
             int(e["pid"]),
             e.get("start_time"),
         ):
@@ -124,7 +121,7 @@ def teardown(lab: LabRecord) -> list[str]:
     return done
 
 
-def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
+def _close_shaping(lab: LabRecord, ssh: Mapping[str, Host]) -> None:
     from testbed.net.shaping.hosts import HostAgentsEngine
 
     try:
@@ -133,7 +130,7 @@ def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
         log.warning("teardown: shaped links: %s", e)
 
 
-def _sweep_remote(host: SshHost, state_dir: str, swept: list[str]) -> None:
+def _sweep_remote(host: Host, state_dir: str, swept: list[str]) -> None:
     """Stop every process on the host whose command line names the lab's state folder.
 
     Everything a lab starts there does (libvirtd -f, Xvfb -auth, the delay line's
@@ -158,7 +155,12 @@ exit 0
     swept += host.run(["sh", "-c", script], timeout=60).stdout.split()
 
 
-def _remove_remote_dir(host: SshHost, path: str) -> None:
+def _stop_pid(host: Host, pid: int, start_time: int | None) -> None:
+    if not host.stop_pid(pid, start_time):
+        raise TestbedError(f"pid {pid} is still there after SIGKILL")
+
+
+def _remove_remote_dir(host: Host, path: str) -> None:
     if "/testbed/" not in path:  # only what a lab made under the remote state folder
         raise TestbedError(f"refusing to remove {path}: not a testbed state folder")
     host.run(["rm", "-rf", "--one-file-system", path], timeout=120)
