@@ -105,6 +105,7 @@ def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) ->
         except BaseException:
             lab.down()
             raise
+    lab.record.hand_over()  # the lab outlives this command: not an orphan when it exits
     _print_lab(lab.record.info)
     out.print(
         f"lab [bold]{lab.id}[/] is up ({lab.record.info.get('up_seconds')} s); "

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from testbed.hosts.ledger import process_start_time, same_process
@@ -80,8 +80,33 @@ def stop_pids(pids: Iterable[int], grace_s: float = 3.0) -> list[int]:
 
     Returns the pids still there after all that (normally none).
     """
-    procs = {p: process_start_time(p) for p in pids}
-    procs = {p: t for p, t in procs.items() if t is not None}
+    return stop_processes(identify(pids), grace_s)
+
+
+def identify(pids: Iterable[int]) -> dict[int, int]:
+    """pid -> start time of the pids that exist now (a recycled pid is then told apart)."""
+    found = {p: process_start_time(p) for p in pids}
+    return {p: t for p, t in found.items() if t is not None}
+
+
+def pids_naming(text: str) -> list[int]:
+    """Pids whose command line contains `text` (not this process)."""
+    me, out = os.getpid(), []
+    needle = text.encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def stop_processes(known: Mapping[int, int | None], grace_s: float = 3.0) -> list[int]:
+    """`stop_pids` for processes known by pid and start time: a pid whose start time
+    changed is another process, left alone. Returns the pids still there."""
+    procs = dict(known)
 
     def dead(p: int) -> bool:
         return _gone(p, procs[p]) or not alive(p)
