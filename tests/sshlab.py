@@ -60,6 +60,19 @@ def _sshd_pids(state_dir: Path) -> list[int]:
     return out
 
 
+def _veth(near_ns: str | None, near_if: str, near: str, ns: str, addr: str, prefix: int) -> None:
+    """A veth from `near_ns` (None: the root namespace) to `ns`'s eth0, addressed both ends."""
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=near_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+        if near_ns is not None:
+            ipr.link("set", index=ipr.link_lookup(ifname=near_if)[0], net_ns_fd=near_ns)
+    for where, ifname, address in ((near_ns, near_if, near), (ns, "eth0", addr)):
+        with IPRoute(**({"netns": where} if where else {})) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=idx, address=address, prefixlen=prefix)
+            ipr.link("set", index=idx, state="up")
+
+
 def hidden_address(tag: int = 0) -> str:
     """The address of the sshd `behind()` makes, for the front sshd's PermitOpen."""
     return f"198.19.253.{8 * ((os.getpid() * 4 + tag) % 32) + 2}"
@@ -81,15 +94,7 @@ def ssh_lab(tmp: Path, tag: int = 0, permit_open: str | None = None) -> Iterator
     create_netns(ns, ledger)
     sshd: Sshd | None = None
     try:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=outer, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-            idx = ipr.link_lookup(ifname=outer)[0]
-            ipr.addr("add", index=idx, address=near, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
-        with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=addr, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
+        _veth(None, outer, near, ns, addr, 29)
         sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger, permit_open=permit_open)
         yield SshLab(ns, outer, addr, absent, sshd, ledger, tmp)
     finally:
@@ -124,18 +129,7 @@ def behind(front: SshLab, tag: int = 0) -> Iterator[SshLab]:
     create_netns(ns, ledger)
     sshd: Sshd | None = None
     try:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=near_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-            idx = ipr.link_lookup(ifname=near_if)[0]
-            ipr.link("set", index=idx, net_ns_fd=front.netns)
-        with IPRoute(netns=front.netns) as ipr:
-            idx = ipr.link_lookup(ifname=near_if)[0]
-            ipr.addr("add", index=idx, address=near, prefixlen=30)
-            ipr.link("set", index=idx, state="up")
-        with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=addr, prefixlen=30)
-            ipr.link("set", index=idx, state="up")
+        _veth(front.netns, near_if, near, ns, addr, 30)
         sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger)
         yield SshLab(ns, near_if, addr, near, sshd, ledger, tmp)
     finally:
