@@ -126,3 +126,32 @@ def test_ssh_config_alias_user_identityfile_and_proxyjump(
     assert h.gateway is not None and h.gateway.address == front.address
     with h:
         assert hidden.address in h.run(["hostname", "-I"]).stdout
+
+
+def test_topology_gateway_names_another_ssh_host(tmp_path: Path) -> None:
+    from testbed.errors import InputError
+    from testbed.hosts.factory import remote_host
+    from testbed.model.topology import load_topology
+
+    def topo(gateway: str) -> Path:
+        p = tmp_path / f"t-{gateway}.yaml"
+        p.write_text(
+            "name: jump\nhosts:\n"
+            "  bastion:\n    kind: ssh\n    roles: [client]\n    address: 192.0.2.1\n"
+            "    interfaces: {display: eth1}\n    addresses: {display: 198.18.1.1}\n"
+            "    key_file: k\n"
+            "  hv1:\n    kind: ssh\n    roles: [hypervisor]\n    address: 192.0.2.2\n"
+            "    interfaces: {display: eth1}\n    addresses: {display: 198.18.1.2}\n"
+            "    key_file: k\n"
+            f"    gateway: {gateway}\n"
+            "networks:\n  display:\n    subnet: 198.18.1.0/24\n    members: [bastion, hv1]\n"
+        )
+        return p
+
+    with pytest.raises(InputError) as err:
+        load_topology(topo("nosuch"))
+    assert "gateway" in str(err.value) and "hv1" in str(err.value)
+    t = load_topology(topo("bastion"))
+    h = remote_host("hv1", t)
+    assert h.reached_as == "ssh root@192.0.2.2:22 via root@192.0.2.1:22"
+    assert "ProxyCommand=" in " ".join(h.argv(["true"]))
