@@ -5,6 +5,7 @@ A snapshot before and after a test; the difference must be empty.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,3 +119,42 @@ class Snapshot:
         if self.iptables_rules > before.iptables_rules:
             out["iptables_rules"] = self.iptables_rules - before.iptables_rules
         return out
+
+
+def lab_processes(lab_dir: Path, netns_names: list[str]) -> dict[int, tuple[int, str]]:
+    """pid -> (start time, comm) of every process of one lab on this machine, zombies too:
+    in one of its namespaces, or naming its folder on the command line."""
+    inodes = set()
+    for ns in netns_names:
+        try:
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+        except OSError:
+            pass
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes()
+            ino = os.stat(d / "ns" / "net").st_ino if inodes else None
+        except OSError:
+            continue
+        if ino in inodes or f"{lab_dir}/".encode() in cmd:
+            comm = stat.split("(", 1)[1].rsplit(")", 1)[0]
+            out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[19]), comm)
+    return out
+
+
+def still_there(procs: dict[int, tuple[int, str]]) -> list[str]:
+    """Those of `procs` that still exist in any state (a zombie too): `pid comm state`."""
+    left = []
+    for pid, (start, comm) in procs.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[19]) == start:
+            left.append(f"{pid} {comm} {fields[0]}")
+    return sorted(left)

@@ -60,9 +60,28 @@ def _sshd_pids(state_dir: Path) -> list[int]:
     return out
 
 
+def _veth(near_ns: str | None, near_if: str, near: str, ns: str, addr: str, prefix: int) -> None:
+    """A veth from `near_ns` (None: the root namespace) to `ns`'s eth0, addressed both ends."""
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=near_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
+        if near_ns is not None:
+            ipr.link("set", index=ipr.link_lookup(ifname=near_if)[0], net_ns_fd=near_ns)
+    for where, ifname, address in ((near_ns, near_if, near), (ns, "eth0", addr)):
+        with IPRoute(**({"netns": where} if where else {})) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.addr("add", index=idx, address=address, prefixlen=prefix)
+            ipr.link("set", index=idx, state="up")
+
+
+def hidden_address(tag: int = 0) -> str:
+    """The address of the sshd `behind()` makes, for the front sshd's PermitOpen."""
+    return f"198.19.253.{8 * ((os.getpid() * 4 + tag) % 32) + 2}"
+
+
 @contextmanager
-def ssh_lab(tmp: Path, tag: int = 0) -> Iterator[SshLab]:
-    """`tag` (0-3) keeps two fixtures of one test process apart."""
+def ssh_lab(tmp: Path, tag: int = 0, permit_open: str | None = None) -> Iterator[SshLab]:
+    """`tag` (0-3) keeps two fixtures of one test process apart; `permit_open` lets its
+    sshd forward there (a jump host)."""
     if os.geteuid() != 0:
         pytest.skip("needs root: makes a network namespace and runs sshd")
     if not SSHD.exists():
@@ -75,16 +94,8 @@ def ssh_lab(tmp: Path, tag: int = 0) -> Iterator[SshLab]:
     create_netns(ns, ledger)
     sshd: Sshd | None = None
     try:
-        with IPRoute() as ipr:
-            ipr.link("add", ifname=outer, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
-            idx = ipr.link_lookup(ifname=outer)[0]
-            ipr.addr("add", index=idx, address=near, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
-        with IPRoute(netns=ns) as ipr:
-            idx = ipr.link_lookup(ifname="eth0")[0]
-            ipr.addr("add", index=idx, address=addr, prefixlen=29)
-            ipr.link("set", index=idx, state="up")
-        sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger)
+        _veth(None, outer, near, ns, addr, 29)
+        sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger, permit_open=permit_open)
         yield SshLab(ns, outer, addr, absent, sshd, ledger, tmp)
     finally:
         for e in reversed(ledger.of_kind("process")):
@@ -103,3 +114,28 @@ def ssh_lab(tmp: Path, tag: int = 0) -> Iterator[SshLab]:
     assert _sshd_pids(tmp / "sshd") == []
     port_hex = f":{PORT:04X}"
     assert not [x for x in root_listeners() if x.endswith(port_hex)], "sshd listened in root"
+
+
+@contextmanager
+def behind(front: SshLab, tag: int = 0) -> Iterator[SshLab]:
+    """A second sshd in a namespace that only `front`'s namespace reaches (a veth between
+    the two; no route from the root namespace): a host reached only through another."""
+    pid = os.getpid()
+    ns, near_if = f"tbhid{pid}t{tag}", f"tbh{pid}n{tag}"
+    addr = hidden_address(tag)
+    near = addr[: addr.rindex(".") + 1] + str(int(addr.rsplit(".", 1)[1]) - 1)
+    tmp = front.tmp / "hidden"
+    ledger = Ledger(tmp / "ledger.jsonl")
+    create_netns(ns, ledger)
+    sshd: Sshd | None = None
+    try:
+        _veth(front.netns, near_if, near, ns, addr, 30)
+        sshd = start_sshd(ns, addr, PORT, tmp / "sshd", ledger)
+        yield SshLab(ns, near_if, addr, near, sshd, ledger, tmp)
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        stop_netns_processes(ns)
+        remove_netns(ns)  # the veth goes with it
+    assert ns not in netns.listnetns()
+    assert _sshd_pids(tmp / "sshd") == []

@@ -96,7 +96,7 @@ def test_xvfb_screen_watcher_and_client_over_ssh(tmp_path: Path) -> None:
         assert list_windows(h, x) == []  # nothing mapped yet: a bare root window
 
         painter = h.start([h.python, "-c", PAINTER], log=state / "painter.log", env=x_env(x))
-        h.record_process(lab.ledger, painter, name="painter")
+        painter.record(lab.ledger, name="painter")
         watcher = DisplayWatcher(h, x, tmp_path / "changes.txt", ledger=lab.ledger)
         watcher.start()
         watcher.wait_started()
@@ -118,7 +118,7 @@ def test_xvfb_screen_watcher_and_client_over_ssh(tmp_path: Path) -> None:
         assert sample_hz > 50
         # its times are ours: the last change was a moment ago, not in another clock's past
         assert time.monotonic() - 0.5 < watcher.changes()[-1] <= time.monotonic()
-        h.stop(painter)
+        painter.stop()
 
         # remote-viewer to an address nobody listens on: it starts, logs, and ends on stop
         client = SpiceClient(h, x, lab.ledger, tmp_path / "client")

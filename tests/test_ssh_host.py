@@ -77,7 +77,7 @@ def test_openssh_argv_runs_with_the_same_key_and_host_key_check(lab: SshLab) -> 
 def test_popen_outlives_the_session_and_is_stopped_by_pid(lab: SshLab) -> None:
     h = lab.host()
     proc = h.popen(["sleep", "300"])
-    h.record_process(lab.ledger, proc, name="sleeper")
+    proc.record(lab.ledger, name="sleeper")
     stat = h.run(["cat", f"/proc/{proc.pid}/stat"]).stdout
     fields = stat.rsplit(")", 1)[1].split()
     assert "(sleep)" in stat and int(fields[19]) == proc.start_time

@@ -105,6 +105,7 @@ def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) ->
         except BaseException:
             lab.down()
             raise
+    lab.record.hand_over()  # the lab outlives this command: not an orphan when it exits
     _print_lab(lab.record.info)
     out.print(
         f"lab [bold]{lab.id}[/] is up ({lab.record.info.get('up_seconds')} s); "
@@ -113,7 +114,7 @@ def up(topology: str, lab_id: str | None, bare: bool, inventory: Path | None) ->
 
 
 def _print_lab(info: dict) -> None:
-    from testbed.hosts.ssh import SshHost
+    from testbed.hosts.factory import host_from_record
     from testbed.model.topology import Topology, load_topology
 
     t = Table(
@@ -141,11 +142,10 @@ def _print_lab(info: dict) -> None:
                 if name in net.members
             )
         disp = h.get("display", {})
-        ssh = SshHost.from_record(name, h["ssh"]) if "ssh" in h else None
         uri = h.get("libvirt_uri", "")
         t.add_row(
             name,
-            ssh.reached_as if ssh else h.get("netns", ""),
+            host_from_record(name, h).reached_as if "ssh" in h else h.get("netns", ""),
             addrs,
             uri.split("?", 1)[0] + (" (own socket)" if "socket=" in uri else ""),
             f":{disp['number']}" if disp else "",

@@ -17,6 +17,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
 
 from testbed.hosts.ssh import SshHost
@@ -50,7 +51,19 @@ def _files() -> list[tuple[Path, str]]:
     return files
 
 
+_BUILT: dict[str, tuple[bytes, str]] = {}
+_BUILDING = threading.Lock()
+
+
 def build() -> tuple[bytes, str]:
+    """The bundle and its version, made once per process (hosts set up at once share it)."""
+    with _BUILDING:
+        if "bundle" not in _BUILT:
+            _BUILT["bundle"] = _build()
+        return _BUILT["bundle"]
+
+
+def _build() -> tuple[bytes, str]:
     """The tarball and its content hash (the same code gives the same bytes)."""
     buf = io.BytesIO()
     digest = hashlib.sha256()

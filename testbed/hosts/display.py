@@ -70,10 +70,10 @@ def start_xvfb(host: Host, state_dir: PurePath, ledger: Ledger, timeout_s: float
         ["sh", "-c", 'f=$1; shift; exec "$@" 3>"$f"', "sh", str(number_file), *argv],
         log=state_dir / "xvfb.log",
     )
-    host.record_process(ledger, proc, "xvfb")
+    proc.record(ledger, "xvfb")
     raw = _read_number(host, number_file, proc, timeout_s)
     if not raw:
-        host.stop(proc)
+        proc.stop()
         log_tail = host.read_text(state_dir / "xvfb.log").strip()[-300:]
         if proc.returncode == 127:  # sh: exec: Xvfb: not found
             raise CapabilityMissing(

@@ -39,6 +39,8 @@ class Sshd:
     port: int
     state_dir: Path
     user: str = "root"
+    #: `HOST:PORT` this sshd may forward to, as a jump host (ProxyJump); None: nothing
+    permit_open: str | None = None
     pid: int | None = None
     start_time: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -85,7 +87,8 @@ class Sshd:
         return f"[{a}]:{self.port}" if self.address.version == 6 else f"{a}:{self.port}"
 
     def config_text(self) -> str:
-        """Key authentication only, for `user` only, nothing forwarded, everything in state_dir."""
+        """Key authentication only, for `user` only, nothing forwarded (but `permit_open`, for a
+        jump host), everything in state_dir."""
         return "\n".join(
             [
                 "# written by testbed: a lab sshd, key authentication only",
@@ -104,7 +107,11 @@ class Sshd:
                 "UsePAM no",
                 "StrictModes no",  # the state dir sits under /tmp or /run, not a home
                 "PermitUserEnvironment no",
-                "AllowTcpForwarding no",
+                *(
+                    ["AllowTcpForwarding local", f"PermitOpen {self.permit_open}"]
+                    if self.permit_open
+                    else ["AllowTcpForwarding no"]
+                ),
                 "AllowStreamLocalForwarding no",
                 "AllowAgentForwarding no",
                 "X11Forwarding no",
@@ -195,6 +202,7 @@ def start_sshd(
     *,
     user: str = "root",
     timeout_s: float = 10.0,
+    permit_open: str | None = None,
 ) -> Sshd:
     """Start sshd in `netns` on `address:port` and wait until it listens.
 
@@ -206,7 +214,7 @@ def start_sshd(
     state_dir = Path(state_dir).resolve()
     if not _SAFE_PATH.match(str(state_dir)):
         raise LabError(f"sshd state folder {state_dir}: use letters, digits and ./_+- only")
-    sshd = Sshd(netns, ipaddress.ip_address(str(address)), int(port), state_dir, user)
+    sshd = Sshd(netns, ipaddress.ip_address(str(address)), int(port), state_dir, user, permit_open)
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
     PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)

@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass
 
 from testbed.errors import TestbedError
+from testbed.hosts import factory
 from testbed.hosts.base import Host
-from testbed.hosts.ssh import SshHost
 from testbed.model.topology import Topology
 from testbed.net.capabilities import probe_kernel
 
@@ -283,14 +283,13 @@ def host_checks(host: Host, roles: list[str]) -> list[Check]:
 def topology_checks(topo: Topology) -> list[tuple[str, Check]]:
     """One table for a whole topology: local hosts share this machine's checks."""
     rows: list[tuple[str, Check]] = []
-    local = [n for n, h in topo.hosts.items() if h.kind == "local"]
+    local = factory.namespace_names(topo)
     if local:
         rows += [(", ".join(local), c) for c in run_checks(probe_kvm=False)]
-    for name, spec in topo.hosts.items():
-        if spec.kind != "ssh":
-            continue
+    for name in factory.remote_names(topo):
+        spec = topo.hosts[name]
         try:
-            host = SshHost.from_spec(name, spec, connect_timeout=5)
+            host = factory.remote_host(name, topo, connect_timeout=5)
         except TestbedError as e:
             rows.append((name, Check("connect", False, str(e), fix=e.hint or "")))
             continue

@@ -7,7 +7,6 @@ the teardown) knows which libvirtd holds it.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -34,9 +33,7 @@ class RunningGuest:
 
 def _emulator(lab: Lab, host: str) -> str:
     emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
-    h = lab.hosts[host]
-    found = shutil.which(emu) if h.kind == "local" else h.exists(PurePath(emu))
-    if not found:
+    if not lab.hosts[host].which(emu):
         raise InputError(
             f"QEMU emulator {emu!r} not found on {host}",
             file=lab.topology.source,
@@ -51,14 +48,7 @@ def _on_host(lab: Lab, host: str, path: Path) -> PurePath:
     A namespace host shares this machine's files; an SSH host gets a copy in its
     state folder, sent once per lab (same name and size: already there).
     """
-    h = lab.hosts[host]
-    if h.kind == "local":
-        return path
-    there = h.state_dir / "images" / path.name
-    size = h.run(["sh", "-c", 'stat -c %s "$1" 2>/dev/null || echo -1', "sh", str(there)])
-    if size.stdout.strip() != str(path.stat().st_size):
-        h.put(path, Path(there))
-    return there
+    return lab.hosts[host].stage(path)
 
 
 def accel_for(lab: Lab, host: str) -> tuple[str, str]:
@@ -70,7 +60,7 @@ def accel_for(lab: Lab, host: str) -> tuple[str, str]:
     spec = lab.topology.hosts[host]
     if spec.accel != "auto":
         return spec.accel, "set in the topology"
-    if spec.kind == "ssh":
+    if not lab.on_this_machine(host):
         if lab.hosts[host].exists(PurePath("/dev/kvm")):
             return "kvm", f"{host} has /dev/kvm (set accel: tcg to avoid it)"
         return "tcg", f"{host} has no /dev/kvm"

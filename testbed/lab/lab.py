@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,12 @@ from pathlib import Path, PurePath, PurePosixPath
 
 import libvirt
 
-from testbed.errors import InputError, LabError, TestbedError
+from testbed.errors import LabError, TestbedError
+from testbed.hosts import factory
 from testbed.hosts.base import Host
-from testbed.hosts.bundle import ensure_bundle
 from testbed.hosts.display import XDisplay, existing_display, start_xvfb
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.local import LocalHost
-from testbed.hosts.ssh import REMOTE_STATE, SshHost
+from testbed.hosts.ssh import REMOTE_STATE
 from testbed.hosts.sshd import start_sshd
 from testbed.lab.state import LabRecord, list_labs, new_lab_dir, owner_fields, read_lab
 from testbed.lab.teardown import teardown
@@ -65,17 +63,15 @@ class Lab:
         self.id = record.id
         self.dir = record.dir
         #: the namespaces of the embedded lab, driven directly (for wiring and daemons)
-        self.namespaces: dict[str, LocalHost] = {
-            name: LocalHost(name, self.netns_of(name), self.dir / "hosts" / name)
-            for name, spec in topology.hosts.items()
-            if spec.kind == "local"
-        }
+        self.namespaces: dict[str, Host] = factory.namespace_hosts(
+            topology, self.netns_of, lambda name: self.dir / "hosts" / name
+        )
         #: how every layer above reaches each host
         self.hosts: dict[str, Host] = {}
         for name in topology.hosts:
             info = record.info.get("hosts", {}).get(name, {})
             if "ssh" in info:
-                self.hosts[name] = SshHost.from_record(name, info["ssh"])
+                self.hosts[name] = factory.host_from_record(name, info)
             elif name in self.namespaces:
                 self.hosts[name] = self.namespaces[name]
         self._conns: dict[str, libvirt.virConnect] = {}
@@ -83,9 +79,11 @@ class Lab:
     @property
     def over_ssh(self) -> bool:
         """Whether hosts are driven over SSH (real machines, or the embedded lab's sshds)."""
-        return self.topology.drive == "ssh" or any(
-            h.kind == "ssh" for h in self.topology.hosts.values()
-        )
+        return self.topology.drive == "ssh" or not self.namespaces
+
+    def on_this_machine(self, host: str) -> bool:
+        """Whether `host` is a namespace of this machine (also when driven over SSH)."""
+        return host in self.namespaces
 
     # names -----------------------------------------------------------------
     def netns_of(self, host: str) -> str:
@@ -111,7 +109,7 @@ class Lab:
                 hi = list(self.topology.hosts).index(host)
                 addr = self.topology.address(nname, host)
                 spec = self.topology.hosts[host]
-                remote = spec.kind == "ssh"
+                remote = not self.on_this_machine(host)
                 out.append(
                     Attachment(
                         host=host,
@@ -169,15 +167,7 @@ class Lab:
         """Bring `topology` up. `services=False` (a bare lab) wires the hosts (and starts
         their sshds with `drive: ssh`) but runs no libvirtd or X server: machines for
         another lab to use as `kind: ssh` hosts, e.g. an inventory's pool."""
-        remote = [n for n, h in topology.hosts.items() if h.kind == "ssh"]
-        if remote and len(remote) != len(topology.hosts):
-            local = next(n for n in topology.hosts if n not in remote)
-            raise InputError(
-                f"hosts {', '.join(remote)} are kind ssh but {local} is local: a lab is "
-                "either namespaces on this machine or machines over SSH, not both",
-                file=topology.source,
-                field=f"hosts.{local}.kind",
-            )
+        factory.check_one_kind(topology)
         lid, d = new_lab_dir(lab_id)
         record = LabRecord(
             lid,
@@ -232,13 +222,13 @@ class Lab:
     def _host_services(self, name: str, progress: Progress) -> None:
         """Connect (ssh), send testbed's helpers, start libvirtd and/or the X display."""
         spec = self.topology.hosts[name]
-        if spec.kind == "ssh":
+        if not self.on_this_machine(name):
             self._connect_ssh_host(name, progress)
         host = self.hosts[name]
-        if isinstance(host, SshHost):
+        if self.over_ssh:
             progress(f"testbed's helpers to {name}")
-            ensure_bundle(host)
-            self.record.info["hosts"][name]["ssh"] = host.to_record()
+            host.prepare()
+            self.record.info["hosts"][name].update(host.to_record())
         if "hypervisor" in spec.roles:
             progress(f"libvirtd on {name}")
             host.makedirs(host.state_dir, mode=0o700)
@@ -312,29 +302,27 @@ class Lab:
             addr = ipaddress.IPv4Interface(f"{addrs[i + 1]}/{net.prefixlen}")
             attach(self.bridge_netns, bridge, ns.netns, f"tb{self.id}m{i}", "mgmt", addr)
             progress(f"sshd on {name}")
-            sshd = start_sshd(ns.netns, addr.ip, 22, ns.state_dir / "sshd", self.ledger)
-            host = SshHost(
+            state = Path(ns.state_dir)
+            sshd = start_sshd(ns.netns, addr.ip, 22, state / "sshd", self.ledger)
+            host = factory.sshd_host(
                 name,
                 str(addr.ip),
                 key_file=sshd.client_key,
                 known_hosts=sshd.known_hosts,
-                state_dir=PurePosixPath(ns.state_dir),
-                # the same machine: testbed's own interpreter has the compiled modules
-                python=sys.executable,
+                state_dir=state,
             )
-            self.record.info["hosts"][name]["ssh"] = host.to_record()
+            self.record.info["hosts"][name].update(host.to_record())
             self.hosts[name] = host
         self.record.save()
 
     def _connect_ssh_host(self, name: str, progress: Progress) -> None:
         """A real machine: check the connection, then make its state folder (recorded first)."""
-        spec = self.topology.hosts[name]
         progress(f"SSH to {name}")
         # per host too: two topology hosts may be one machine (or share its files)
         state = PurePosixPath(REMOTE_STATE) / f"lab-{self.id}-{name}"
-        host = SshHost.from_spec(name, spec, state_dir=state)
+        host = factory.remote_host(name, self.topology, state_dir=state)
         host.run(["true"])  # a wrong key, host key or address fails here, before anything
-        self.record.info["hosts"][name] = {"ssh": host.to_record()}
+        self.record.info["hosts"][name] = host.to_record()
         self.ledger.record("remote-dir", host=name, path=str(state))
         self.record.save()
         host.makedirs(state, mode=0o700)

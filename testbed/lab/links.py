@@ -64,9 +64,10 @@ class LabLinks:
                 f"{', '.join(topo.networks[network].members)})"
             )
         a = self.lab.attachment(host, network)
-        # over SSH an agent shapes inside the host, in its own (current) namespace
-        netns = "" if self.lab.hosts[host].kind == "ssh" else a.netns
-        return Endpoint(host=host, netns=netns, ifname=a.ifname, address=str(a.address.ip))
+        # over SSH an agent shapes inside the host, in its own (current) namespace: ""
+        return Endpoint(
+            host=host, netns=self.lab.hosts[host].netns, ifname=a.ifname, address=str(a.address.ip)
+        )
 
     def shared_network(self, src: str, dst: str) -> str:
         """The one network both hosts are on (an error when none or several)."""

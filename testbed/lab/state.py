@@ -1,8 +1,10 @@
 """Where labs keep their state: `$TESTBED_STATE/labs/<id>/` (default /run/testbed).
 
 `lab.json` says what the lab is (topology, hosts, addresses, owner) and
-`ledger.jsonl` what it made. A lab whose owner died before it was marked up is
-an orphan that `testbed down --all` sweeps.
+`ledger.jsonl` what it made. A lab belongs to the process that made it (a
+`testbed run`, a test) until that process hands it over (`testbed up` does, to
+the operator). A lab whose owner died, at any time, is an orphan that
+`testbed down --all` sweeps.
 """
 
 from __future__ import annotations
@@ -93,8 +95,18 @@ class LabRecord:
 
     @property
     def orphaned(self) -> bool:
-        """Not marked up, and whoever was making it is gone."""
-        return self.status != "up" and not self.owner_alive()
+        """Its owner process is gone: died while making or using it (a lab handed over to
+        the operator has no owner). A lab still being made without an owner is one too."""
+        if self.info.get("owner_pid"):
+            return not self.owner_alive()
+        return self.status != "up"
+
+    def hand_over(self) -> None:
+        """The lab now outlives the process that made it (`testbed up`): no owner."""
+        self.info["owner_pid"] = None
+        self.info["owner_start"] = None
+        self.info["handed_over"] = True
+        self.save()
 
     def save(self) -> None:
         """Write lab.json atomically (a host's setup threads may save at once)."""

@@ -12,14 +12,23 @@ import re
 import shlex
 import shutil
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pyroute2 import netns
 
 from testbed.errors import TestbedError
-from testbed.hosts.procs import stop_netns_processes, stop_recorded
-from testbed.hosts.ssh import SshHost
+from testbed.hosts.base import Host
+from testbed.hosts.factory import remote_hosts_from_record
+from testbed.hosts.ledger import Entry, same_process
+from testbed.hosts.procs import (
+    identify,
+    pids_in_netns,
+    pids_naming,
+    stop_netns_processes,
+    stop_processes,
+)
 from testbed.lab.state import LabRecord, claimed, release_claim
 from testbed.net.links import remove_netns, remove_root_link
 from testbed.virt.domain import destroy_by_name
@@ -29,20 +38,16 @@ log = logging.getLogger(__name__)
 NETNS_RE = re.compile(r"^tb-[0-9a-f]{4}-[a-z][a-z0-9]*$")
 
 
-def _ssh_hosts(lab: LabRecord) -> tuple[dict[str, SshHost], set[str]]:
+def _ssh_hosts(lab: LabRecord) -> tuple[dict[str, Host], set[str]]:
     """The lab's SSH hosts, and which of them are namespaces here (whose processes the
     local sweep stops anyway, so a failure to reach them over SSH is no warning)."""
-    hosts, covered = {}, set()
-    for name, info in lab.info.get("hosts", {}).items():
-        if "ssh" in info:
-            hosts[name] = SshHost.from_record(name, info["ssh"])
-            if "netns" in info:
-                covered.add(name)
-    return hosts, covered
+    recorded = lab.info.get("hosts", {})
+    hosts = remote_hosts_from_record(recorded)
+    return hosts, {n for n in hosts if "netns" in recorded[n]}
 
 
 def _on_host(
-    hosts: Mapping[str, SshHost], covered: set[str], name: str, what: str, fn: Any, *args: Any
+    hosts: Mapping[str, Host], covered: set[str], name: str, what: str, fn: Any, *args: Any
 ) -> bool:
     """Run `fn(host, *args)`; an unreachable host is reported, not fatal (teardown goes on)."""
     host = hosts.get(name)
@@ -62,6 +67,9 @@ def teardown(lab: LabRecord) -> list[str]:
     """Remove everything `lab` recorded; return a line per thing removed."""
     done: list[str] = []
     entries = list(lab.ledger.entries())
+    # everything of the lab on this machine, known now (a zombie has no command line):
+    # teardown returns only once each has exited and been reaped
+    watched = identify(_local_pids(lab, entries))
     ssh, covered = _ssh_hosts(lab)
     if ssh and any(e.kind == "shaping-agent" for e in entries):
         _close_shaping(lab, ssh)  # real hosts keep qdiscs and rules; a namespace drops them
@@ -69,18 +77,17 @@ def teardown(lab: LabRecord) -> list[str]:
         if e.kind == "domain":
             destroy_by_name(e["uri"], e["name"])  # a dead daemon's QEMU dies with its netns
             done.append(f"domain {e['name']}")
-    # over SSH first, while the embedded SSH lab's own sshds still run
-    for e in reversed(entries):
-        if e.kind == "remote-process" and _on_host(
-            ssh,
-            covered,
-            e["host"],
-            f"stopping pid {e['pid']}",
-            SshHost.stop_process,
-            int(e["pid"]),
-            e.get("start_time"),
-        ):
-            done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
+    # over SSH first, while the embedded SSH lab's own sshds still run; all at once
+    remote = [e for e in reversed(entries) if e.kind == "remote-process"]
+
+    def stop_remote(e: Entry) -> bool:
+        pid, what = int(e["pid"]), f"stopping pid {e['pid']}"
+        return _on_host(ssh, covered, e["host"], what, _stop_pid, pid, e.get("start_time"))
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(remote)))) as pool:
+        for e, ok in zip(remote, pool.map(stop_remote, remote), strict=True):
+            if ok:
+                done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
     for name, h in ssh.items():  # started but not yet recorded when the caller died
         swept: list[str] = []
         what = "sweeping leftover processes"
@@ -91,10 +98,18 @@ def teardown(lab: LabRecord) -> list[str]:
             ssh, covered, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
         ):
             done.append(f"dir {e['path']} on {e['host']}")
-    for e in reversed(entries):
-        if e.kind in ("process", "xvfb"):
-            stop_recorded(int(e["pid"]), e.get("start_time"))
-            done.append(f"{e.kind} {e.get('name', e['pid'])}")
+    # every recorded process and every process in the lab's namespaces, at once
+    recorded = [e for e in reversed(entries) if e.kind in ("process", "xvfb")]
+    known = {
+        int(e["pid"]): e.get("start_time")
+        for e in recorded
+        if same_process(int(e["pid"]), e.get("start_time"))
+    }
+    for e in entries:
+        if e.kind == "netns":
+            known.update(identify(pids_in_netns(e["name"])))
+    left = set(stop_processes(known))
+    done += [f"{e.kind} {e.get('name', e['pid'])}" for e in recorded if e["pid"] not in left]
     for h in ssh.values():
         h.close()
     for e in reversed(entries):
@@ -106,6 +121,9 @@ def teardown(lab: LabRecord) -> list[str]:
             stop_netns_processes(e["name"])
             remove_netns(e["name"])
             done.append(f"netns {e['name']}")
+    left = set(stop_processes(watched))  # stragglers, and zombies until they are reaped
+    if left:
+        log.warning("teardown: pids %s of lab %s are still there", sorted(left), lab.id)
     for e in reversed(entries):
         if e.kind in ("file", "dir"):
             p = Path(e["path"])
@@ -124,7 +142,17 @@ def teardown(lab: LabRecord) -> list[str]:
     return done
 
 
-def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
+def _local_pids(lab: LabRecord, entries: list[Entry]) -> list[int]:
+    """This machine's processes of the lab: recorded, in its namespaces, or naming its
+    folder on their command line (what runs on its embedded SSH hosts, too)."""
+    pids = [int(e["pid"]) for e in entries if e.kind in ("process", "xvfb")]
+    for e in entries:
+        if e.kind == "netns":
+            pids += pids_in_netns(e["name"])
+    return pids + pids_naming(f"{lab.dir}/")
+
+
+def _close_shaping(lab: LabRecord, ssh: Mapping[str, Host]) -> None:
     from testbed.net.shaping.hosts import HostAgentsEngine
 
     try:
@@ -133,7 +161,7 @@ def _close_shaping(lab: LabRecord, ssh: Mapping[str, SshHost]) -> None:
         log.warning("teardown: shaped links: %s", e)
 
 
-def _sweep_remote(host: SshHost, state_dir: str, swept: list[str]) -> None:
+def _sweep_remote(host: Host, state_dir: str, swept: list[str]) -> None:
     """Stop every process on the host whose command line names the lab's state folder.
 
     Everything a lab starts there does (libvirtd -f, Xvfb -auth, the delay line's
@@ -158,7 +186,12 @@ exit 0
     swept += host.run(["sh", "-c", script], timeout=60).stdout.split()
 
 
-def _remove_remote_dir(host: SshHost, path: str) -> None:
+def _stop_pid(host: Host, pid: int, start_time: int | None) -> None:
+    if not host.stop_pid(pid, start_time):
+        raise TestbedError(f"pid {pid} is still there after SIGKILL")
+
+
+def _remove_remote_dir(host: Host, path: str) -> None:
     if "/testbed/" not in path:  # only what a lab made under the remote state folder
         raise TestbedError(f"refusing to remove {path}: not a testbed state folder")
     host.run(["rm", "-rf", "--one-file-system", path], timeout=120)

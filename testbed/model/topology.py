@@ -59,6 +59,7 @@ SSH_FIELDS = (
     "x_authority",
     "from_inventory",
     "from_pool",
+    "gateway",
 )
 
 
@@ -107,6 +108,9 @@ class HostSpec(Strict):
     )
     from_inventory: str | None = Field(
         None, description="take the fields above from this host of the topology's inventory"
+    )
+    gateway: str | None = Field(
+        None, description="another ssh host of the topology to reach this one through (ProxyJump)"
     )
 
     @field_validator("interfaces")
@@ -285,6 +289,9 @@ def _check_host_kind(
         return  # its interfaces and addresses come with the leased host
     if host.address is None:
         fail("an ssh host needs address (its name or IP for SSH)", ("hosts", name))
+    gw = topo.hosts.get(host.gateway) if host.gateway is not None else None
+    if host.gateway is not None and (gw is None or gw.kind != "ssh" or host.gateway == name):
+        fail("gateway names another ssh host of this topology", ("hosts", name, "gateway"))
     for net, addr in host.addresses.items():
         if net not in topo.networks or name not in topo.networks[net].members:
             fail(f"{name!r} is not a member of network {net!r}", ("hosts", name, "addresses", net))

@@ -9,11 +9,9 @@ socket, reachable by root; there is no TCP listener. Facts: LAB-NOTES.md.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shlex
 import time
-import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -23,7 +21,6 @@ import libvirt
 from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.base import Host, Process
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.ssh import SshHost
 from testbed.virt.conn import open_conn
 
 log = logging.getLogger(__name__)
@@ -88,9 +85,9 @@ def libvirtd_conf(cfg: LibvirtdConfig) -> str:
 class Libvirtd:
     """One host's daemon. Its socket is `<host state>/run/libvirt-sock` on the host.
 
-    On a local host it is reached through that socket; on an SSH host through
-    `qemu+ssh://` with the host's key, its known_hosts (a small ssh wrapper in
-    `wrapper_dir` adds the same strict checks SshHost makes) and `nc -U` there.
+    The host says how to reach it (`Host.libvirt_uri`): that socket on this machine,
+    or `qemu+ssh://` through `nc -U` there, with an ssh wrapper in `wrapper_dir` that
+    checks host keys as the host's own connection does.
     """
 
     def __init__(self, host: Host, wrapper_dir: Path | None = None) -> None:
@@ -104,15 +101,7 @@ class Libvirtd:
 
     @property
     def uri(self) -> str:
-        if isinstance(self.host, SshHost):
-            return ssh_uri(self.host, self.socket, self._wrapper())
-        return f"qemu+unix:///system?socket={self.socket}"
-
-    def _wrapper(self) -> Path:
-        if self.wrapper_dir is None:
-            raise LabError(f"{self.host.name}: no folder for the ssh wrapper libvirt needs")
-        assert isinstance(self.host, SshHost)
-        return ssh_wrapper(self.host, self.wrapper_dir)
+        return self.host.libvirt_uri(self.socket, self.wrapper_dir)
 
     @property
     def log_file(self) -> PurePath:
@@ -140,7 +129,7 @@ class Libvirtd:
         script = " && ".join([*binds, f"exec libvirtd -f {conf} -p {pidfile}"])
         argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
         proc = h.start(argv, log=self.dir / "libvirtd.stdout")
-        h.record_process(ledger, proc, name=f"libvirtd@{h.name}")
+        proc.record(ledger, name=f"libvirtd@{h.name}")
         self._wait_ready(proc, timeout_s)
         return proc.pid
 
@@ -172,38 +161,6 @@ class Libvirtd:
             return open_conn(self.uri)
         except libvirt.libvirtError as e:
             raise LabError(f"cannot connect to libvirtd on {self.host.name}: {e}") from None
-
-
-def ssh_wrapper(host: SshHost, folder: Path) -> Path:
-    """An executable that runs OpenSSH as SshHost does: this key only, strict known_hosts."""
-    body = f'#!/bin/sh\nexec ssh {shlex.join(host.openssh_options())} "$@"\n'
-    path = folder / f"ssh-{hashlib.sha256(body.encode()).hexdigest()[:10]}"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".new")
-        tmp.write_text(body)
-        tmp.chmod(0o700)
-        tmp.rename(path)
-    return path
-
-
-def ssh_uri(host: SshHost, socket: PurePath, wrapper: Path) -> str:
-    """`qemu+ssh://` to a daemon's own socket, through `nc -U` on the host (no TCP listener)."""
-    params = {
-        "socket": str(socket),
-        "keyfile": str(host.key_path()),
-        "command": str(wrapper),
-        "no_tty": "1",
-        "proxy": "netcat",
-    }
-    if host.sudo:
-        raise LabError(
-            f"{host.name}: libvirt over SSH needs a login that can reach libvirtd's socket; "
-            "use user root (with a key of the lab's own)"
-        )
-    addr = f"[{host.address}]" if ":" in host.address else host.address
-    query = urllib.parse.urlencode(params, safe="/")
-    return f"qemu+ssh://{host.user}@{addr}:{host.port}/system?{query}"
 
 
 def new_host_uuid() -> str:

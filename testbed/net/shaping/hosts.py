@@ -15,8 +15,8 @@ a link differently). The interface that carries an SSH host's address (the lab's
 control connection) is never shaped: `check()` refuses it before anything changes,
 and the agent refuses it again on the host.
 
-Endpoint.netns: CURRENT ("") for an SSH host's endpoint; a local host's namespace
-name (or CURRENT) for a LocalHost's.
+Endpoint.netns: CURRENT ("") or the host's own `netns` (empty for a host reached
+inside its own namespace, over SSH).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from typing import Any
 from testbed.errors import CapabilityMissing, InputError, LabError
 from testbed.hosts.base import Host
 from testbed.hosts.ledger import Ledger
-from testbed.hosts.local import LocalHost
-from testbed.hosts.ssh import SshHost
 from testbed.model.profile import LinkProfile
 from testbed.net import agent
 from testbed.net.shaping.base import CURRENT, Direction, Endpoint, ShapingEngine
@@ -72,7 +70,7 @@ class HostAgentsEngine(ShapingEngine):
         self.chosen: str | None = None  # the lab's engine, once a direction was shaped
         self._detected: dict[str, dict[str, Any]] = {}  # host -> its agent's detect answer
         self._touched: set[str] = set()  # hosts whose agent may hold something
-        self._bundled: set[str] = set()
+        self._prepared: set[str] = set()
         self._load()
 
     # -- state -----------------------------------------------------------------------------
@@ -105,18 +103,13 @@ class HostAgentsEngine(ShapingEngine):
         """The agent's folder on host `name` (its engine state and ledger)."""
         return self._host(name).state_dir / self.agent_dir
 
-    def _protect(self, host: Host) -> list[str]:
-        return [host.address] if isinstance(host, SshHost) else []
-
     def call(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
         """One request to host `name`'s agent; its answer, or LabError naming the host."""
         host = self._host(name)
-        if isinstance(host, SshHost) and name not in self._bundled:
-            from testbed.hosts.bundle import ensure_bundle
-
-            ensure_bundle(host)
-            self._bundled.add(name)
-        req = {"protect": self._protect(host), **req}
+        if name not in self._prepared:
+            host.prepare()
+            self._prepared.add(name)
+        req = {"protect": host.control_addresses, **req}
         argv = host.module_argv("testbed.net.agent", "--state", str(self.agent_state(name)))
         res = host.run(argv, input=json.dumps(req), check=False, timeout=AGENT_TIMEOUT_S)
         lines = res.stdout.strip().splitlines()
@@ -145,13 +138,11 @@ class HostAgentsEngine(ShapingEngine):
     # -- checks --------------------------------------------------------------------------------
     def _check_endpoint(self, d: Direction, ep: Endpoint) -> None:
         host = self._host(ep.host)
-        if isinstance(host, LocalHost):
-            ok = ep.netns in (CURRENT, host.netns)
+        if host.netns:
             where = f"its namespace {host.netns!r} (or CURRENT, '')"
         else:
-            ok = ep.netns == CURRENT
             where = "CURRENT ('', the host's own namespace)"
-        if not ok:
+        if ep.netns not in (CURRENT, host.netns):
             raise InputError(
                 f"{d}: {ep.host}'s endpoint names netns {ep.netns!r}; expected {where}"
             )
@@ -164,15 +155,15 @@ class HostAgentsEngine(ShapingEngine):
             raise InputError(f"{direction}: source and destination are the same host")
         for ep in (direction.src, direction.dst):
             self._check_endpoint(direction, ep)
-            host = self.hosts[ep.host]
-            if not isinstance(host, SshHost):
+            control = self.hosts[ep.host].control_addresses
+            if not control:
                 continue
             protected = self.detect(ep.host)["protected"]
-            if ep.ifname in protected or ep.address == host.address:
+            if ep.ifname in protected or ep.address in control:
                 raise LabError(
                     f"{ep.host}: refusing to shape {direction}: interface {ep.ifname} carries "
-                    f"the lab's SSH connection to {host.address}, and shaping it could cut the "
-                    "lab's control of the host",
+                    f"the lab's SSH connection to {', '.join(control)}, and shaping it could "
+                    "cut the lab's control of the host",
                     hint="shape a network the lab does not use to reach the host over SSH",
                 )
 
