@@ -158,7 +158,7 @@ class ScenarioItem(pytest.Item):
         self.user_properties += [
             ("output", str(result.out_dir)),
             ("outcome", str(result.outcome)),
-            ("expected", str(result.expected)),
+            ("expected", str(result.expected.given())),
         ]
         if not result.passed:
             raise ScenarioFailed(result)
@@ -168,7 +168,7 @@ class ScenarioItem(pytest.Item):
             from testbed.report.text import failure_text
 
             r = excinfo.value.result
-            return f"scenario {r.name} failed\n" + failure_text(r.to_json())
+            return f"scenario {r.name} failed\n" + failure_text(r)
         if isinstance(excinfo.value, TestbedError):
             return f"scenario {self.name}: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)

@@ -12,6 +12,8 @@ from rich.spinner import Spinner
 from rich.table import Table
 
 from testbed.cli.common import console, friendly_errors, out
+from testbed.cli.report import verdict_mark
+from testbed.report.text import guard_text
 from testbed.runner.result import RunResult, ScenarioResult
 
 
@@ -33,18 +35,15 @@ def verdict_table(run: RunResult) -> Table:
 
 
 def scenario_row(s: ScenarioResult) -> list[str]:
-    exp = s.expected.get("outcome", "")
-    guard = "" if s.guard is None else f"{s.guard.get('result')} ({s.guard.get('held_s')} s)"
-    verdict = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
     return [
         s.name,
-        str(exp),
+        s.expected.outcome or "",
         str(s.outcome or "-"),
         str(s.client.usbredir or "-"),
         str(s.migration.duration_s or "-"),
         str(s.client.unresponsive_ms or "-"),
-        guard,
-        verdict,
+        guard_text(s),
+        verdict_mark(s.verdict),
     ]
 
 
@@ -109,7 +108,7 @@ def run(
             spinner.update(text=msg)
 
         def done(s: ScenarioResult) -> None:
-            mark = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
+            mark = verdict_mark(s.verdict)
             why = "" if s.passed else ": " + "; ".join(s.failures)
             console.print(f"{mark} {s.name} ({s.duration_s:.0f} s){why}", highlight=False)
 

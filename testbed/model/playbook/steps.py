@@ -21,13 +21,9 @@ from pydantic import (
 
 from testbed.errors import InputError
 from testbed.model import units
+from testbed.model.outcome import MigrationResult, Outcome, UsbRedir
 from testbed.model.profile import LinkProfile
 from testbed.model.pydantic_errors import input_keys
-
-# the classifier's words (testbed.spice.classifier), so a playbook can expect any of them
-Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration"]
-UsbRedir = Literal["migrated", "reconnected", "lost", "kept", "none"]
-MigrationResult = Literal["completed", "failed", "aborted"]
 
 DEFAULT_TIMEOUT_MS = 300_000.0  # as the virt layer's MigrationOptions.timeout_s
 MIN_TIMEOUT_MS = 1_000.0  # below this a timeout is a missing unit ("180" is 180 ms)
