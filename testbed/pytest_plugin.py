@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from testbed import shipped
 from testbed.errors import TestbedError
 from testbed.model.playbook import Playbook, Scenario, load_playbook
 from testbed.model.topology import Topology, load_topology
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the runner (libvirt and all) loads only when a playbook is 
     from testbed.runner.result import RunResult, ScenarioResult
 
 log = logging.getLogger("testbed.pytest")
-DEFAULT_TOPOLOGY = "topologies/local.yaml"
+DEFAULT_TOPOLOGY = str(shipped.DEFAULT_TOPOLOGY)
 PLAYBOOK_KEYS = {f.alias or name for name, f in Playbook.model_fields.items() if name != "source"}
 LAB_MARKER = "lab: needs root and brings up a real local lab (namespaces, libvirtd, QEMU)"
 REPORTS = pytest.StashKey[list[Path]]()

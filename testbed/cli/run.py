@@ -11,10 +11,11 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from testbed.cli.common import console, friendly_errors, out
+from testbed.cli.common import DEFAULT_TOPOLOGY, console, friendly_errors, out
 from testbed.cli.report import verdict_mark
 from testbed.report.text import guard_text
 from testbed.runner.result import RunResult, ScenarioResult
+from testbed.shipped import playbook_path
 
 
 def verdict_table(run: RunResult) -> Table:
@@ -75,10 +76,10 @@ def run(
     from testbed.runner.run import check_against, default_out_dir, run_playbook
     from testbed.runner.select import select
 
-    loaded = [load_playbook(p) for p in playbooks]
+    loaded = [load_playbook(playbook_path(p)) for p in playbooks]
     plans = []
     for pb in loaded:
-        topo_path = topology or pb.topology or "topologies/local.yaml"
+        topo_path = topology or pb.topology or DEFAULT_TOPOLOGY
         topo = load_topology(topo_path)
         chosen = select(pb.scenarios(), pattern) if pattern else pb.scenarios()
         check_against(chosen, topo, pb.source or pb.name)

@@ -34,8 +34,15 @@ class Playbook(PlaybookSpec):
 
 
 def load_playbook(path: str | Path) -> Playbook:
-    """Read, check and expand a playbook; any problem is an InputError naming file and line."""
-    return _from_doc(load_yaml_file(path, keep_text=_is_name, empty_hint=EMPTY_HINT))
+    """Read, check and expand a playbook; any problem is an InputError naming file and line.
+
+    A relative `topology:` is relative to the playbook's own file, not to the directory
+    testbed runs in (as a topology's own paths are relative to the topology).
+    """
+    pb = _from_doc(load_yaml_file(path, keep_text=_is_name, empty_hint=EMPTY_HINT))
+    if pb.topology is not None and not Path(pb.topology).is_absolute():
+        pb.topology = str(Path(path).parent / pb.topology)
+    return pb
 
 
 def parse_playbook(text: str, file: str = "<playbook>") -> Playbook:
