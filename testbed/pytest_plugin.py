@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from testbed import shipped
 from testbed.errors import TestbedError
 from testbed.model.playbook import Playbook, Scenario, load_playbook
 from testbed.model.topology import Topology, load_topology
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # the runner (libvirt and all) loads only when a playbook is 
     from testbed.runner.result import RunResult, ScenarioResult
 
 log = logging.getLogger("testbed.pytest")
-DEFAULT_TOPOLOGY = "topologies/local.yaml"
+DEFAULT_TOPOLOGY = str(shipped.DEFAULT_TOPOLOGY)
 PLAYBOOK_KEYS = {f.alias or name for name, f in Playbook.model_fields.items() if name != "source"}
 LAB_MARKER = "lab: needs root and brings up a real local lab (namespaces, libvirtd, QEMU)"
 REPORTS = pytest.StashKey[list[Path]]()
@@ -158,7 +159,7 @@ class ScenarioItem(pytest.Item):
         self.user_properties += [
             ("output", str(result.out_dir)),
             ("outcome", str(result.outcome)),
-            ("expected", str(result.expected)),
+            ("expected", str(result.expected.given())),
         ]
         if not result.passed:
             raise ScenarioFailed(result)
@@ -168,7 +169,7 @@ class ScenarioItem(pytest.Item):
             from testbed.report.text import failure_text
 
             r = excinfo.value.result
-            return f"scenario {r.name} failed\n" + failure_text(r.to_json())
+            return f"scenario {r.name} failed\n" + failure_text(r)
         if isinstance(excinfo.value, TestbedError):
             return f"scenario {self.name}: {excinfo.value}"
         return super().repr_failure(excinfo, style=style)

@@ -29,10 +29,10 @@ from testbed.model.playbook import (
     load_playbook,
     parse_playbook,
     scenario_rows,
-    select,
     substitute,
 )
 from testbed.model.profile import LinkProfile
+from testbed.runner.select import select
 
 DATA = Path(__file__).resolve().parent / "data" / "playbooks"
 
@@ -510,3 +510,12 @@ def test_a_missing_file_is_an_input_error(tmp_path: Path) -> None:
 def test_parse_playbook_names_the_file_it_is_told(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"^given\.yaml:3: steps\[0\]\.upp: "):
         parse_playbook("name: t\nsteps:\n  - upp: {}\n", "given.yaml")
+
+
+def test_topology_is_relative_to_the_playbook_not_the_cwd(tmp_path: Path) -> None:
+    (tmp_path / "pb").mkdir()
+    f = tmp_path / "pb" / "p.yaml"
+    f.write_text("name: p\ntopology: ../topologies/t.yaml\nsteps:\n  - up: {}\n")
+    assert load_playbook(f).topology == str(tmp_path / "pb" / "../topologies/t.yaml")
+    f.write_text("name: p\ntopology: /abs/t.yaml\nsteps:\n  - up: {}\n")
+    assert load_playbook(f).topology == "/abs/t.yaml"

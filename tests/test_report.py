@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -16,6 +17,7 @@ import pytest
 
 from testbed.errors import InputError
 from testbed.model.playbook import load_playbook, parse_playbook
+from testbed.model.result import SCHEMA_VERSION, parse_result
 from testbed.report.compare import compare_runs
 from testbed.report.html import matrix_table, report_html
 from testbed.report.junit import junit_xml
@@ -33,6 +35,11 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 def recorded(name: str) -> dict[str, Any]:
     return json.loads((DATA / name).read_text())
+
+
+def scenarios(data: dict[str, Any]) -> list[ScenarioResult]:
+    """The scenarios of a recorded result, typed as the report layer reads them."""
+    return parse_result(data, "recorded").scenarios
 
 
 def run_dir(tmp_path: Path, data: dict[str, Any], name: str = "run") -> Path:
@@ -76,11 +83,11 @@ class Page(HTMLParser):
 
 
 def test_timeline_draws_progress_guard_switchover_and_outcome() -> None:
-    s = recorded("late-client.json")["scenarios"][1]  # late-client/fix-on
+    s = scenarios(recorded("late-client.json"))[1]  # late-client/fix-on
     svg = ET.fromstring(timeline_svg(s))
     progress = svg.find(f"{SVG}polyline[@class='progress']")
     assert progress is not None
-    n = sum(1 for e in s["timeline"] if e["kind"] == "migration.progress")
+    n = sum(1 for e in s.timeline if e["kind"] == "migration.progress")
     assert len(progress.get("points", "").split()) == n + 2  # + start at 0 %, end at 100 %
     holds = svg.findall(f"{SVG}rect[@class='hold']")
     assert len(holds) == 1 and "client has 5 channel(s) on dst" in holds[0].findtext(f"{SVG}title")
@@ -93,7 +100,7 @@ def test_timeline_draws_progress_guard_switchover_and_outcome() -> None:
 
 
 def test_timeline_of_a_scenario_that_never_migrated() -> None:
-    s = {"name": "x", "passed": False, "timeline": [{"t": 0.5, "kind": "error", "message": "boom"}]}
+    s = ScenarioResult(name="x", timeline=[{"t": 0.5, "kind": "error", "message": "boom"}])
     svg = ET.fromstring(timeline_svg(s))
     assert "no migration" in [t.text for t in svg.iter(f"{SVG}text")]
     assert any("boom" in (t.text or "") for t in svg.iter(f"{SVG}title"))
@@ -104,20 +111,19 @@ def test_timeline_of_a_scenario_that_never_migrated() -> None:
 
 def test_nightly_matrix_has_every_cell_explicit_scenarios_too() -> None:
     run = recorded("nightly-matrix.json")
-    m = outcome_matrix(run["scenarios"])
+    m = outcome_matrix(scenarios(run))
     assert m is not None and m.outside == []
     assert (m.row_axis, m.row_values) == ("connect", ["before", "at20%", "at50%", "at80%"])
     assert m.col_axes == ["rtt", "fix"]
     assert m.col_values[:2] == [("0ms", "off"), ("0ms", "on")]  # written order, not seen order
     assert len(m.col_values) == 6 and len(m.cells) == 24
     explicit = m.cell("before", ("1000ms", "off"))
-    assert explicit is not None and explicit["name"] == "before/rtt-1000ms/fix-off"
+    assert explicit is not None and explicit.name == "before/rtt-1000ms/fix-off"
 
 
 def test_matrix_of_the_playbook_matches_its_expansion() -> None:
     pb = load_playbook(REPO / "playbooks" / "nightly-matrix.yaml")
-    scenarios = [{"name": s.name, "params": s.params} for s in pb.scenarios()]
-    m = outcome_matrix(scenarios)
+    m = outcome_matrix([ScenarioResult(name=s.name, params=s.params) for s in pb.scenarios()])
     assert m is not None
     assert m.row_values == pb.axes()["connect"]
     assert [c[0] for c in m.col_values[::2]] == pb.axes()["rtt"]
@@ -128,7 +134,7 @@ def test_matrix_table_colours_cells_by_verdict() -> None:
     run = copy.deepcopy(recorded("late-client.json"))
     run["scenarios"][0].update(passed=False, failures=["outcome: expected lost, got switch-host"])
     run["scenarios"][0]["expected"]["outcome"] = "lost"
-    m = outcome_matrix(run["scenarios"])
+    m = outcome_matrix(scenarios(run))
     assert m is not None
     page = Page(matrix_table(m))
     assert [c for c, _ in page.cells] == ["fail", "pass"]
@@ -137,7 +143,7 @@ def test_matrix_table_colours_cells_by_verdict() -> None:
 
 
 def test_no_matrix_without_params() -> None:
-    assert outcome_matrix(recorded("baseline.json")["scenarios"]) is None
+    assert outcome_matrix(scenarios(recorded("baseline.json"))) is None
 
 
 # -- JUnit ----------------------------------------------------------------------------------
@@ -157,7 +163,7 @@ def rejudged(data: dict[str, Any], playbook_text: str) -> dict[str, Any]:
         client=ClientSummary(**s["client"]),
     )
     judge(r, scenario)
-    s.update(expected=r.expected, passed=r.passed, failures=r.failures)
+    s.update(expected=r.expected.model_dump(mode="json"), passed=r.passed, failures=r.failures)
     return out
 
 
@@ -265,6 +271,16 @@ def test_report_names_failed_scenarios(tmp_path: Path) -> None:
         (lambda d: d, "is not a run directory: it has no result.json"),
         (lambda d: (d / "result.json").write_text("{nope") and d, "not JSON"),
         (lambda d: (d / "result.json").write_text("[1]") and d, "is not a testbed result"),
+        (
+            lambda d: (d / "result.json").write_text('{"scenarios": []}') and d,
+            "result.json: result schema_version none (an unversioned result of an older testbed)",
+        ),
+        (
+            lambda d: (
+                (d / "result.json").write_text('{"schema_version": 9, "scenarios": []}') and d
+            ),
+            f"result.json: result schema_version 9; this testbed reads version {SCHEMA_VERSION}",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, make: Any, message: str) -> None:
@@ -272,7 +288,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, make: Any, messa
     assert p.returncode == 2
     said = " ".join(p.stderr.split())  # rich wraps long lines
     assert message in said and "Traceback" not in said
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=re.escape(message)):
         load_run(make(tmp_path))
 
 
@@ -281,7 +297,9 @@ def test_compare_shows_the_changed_scenario(tmp_path: Path) -> None:
     new = copy.deepcopy(old)
     new["scenarios"][1].update(outcome="switch-host", passed=False)
     old_dir, new_dir = run_dir(tmp_path, old, "old"), run_dir(tmp_path, new, "new")
-    rows = compare_runs(Run(old, old_dir), Run(new, new_dir))
+    rows = compare_runs(
+        Run(parse_result(old, "old"), old_dir), Run(parse_result(new, "new"), new_dir)
+    )
     assert [(r.scenario, r.changed) for r in rows] == [
         ("late-client/fix-off", False),
         ("late-client/fix-on", True),
@@ -301,3 +319,41 @@ def test_compare_shows_the_changed_scenario(tmp_path: Path) -> None:
     ]
     table = run_cli("report", "--compare", old_dir, new_dir)
     assert table.returncode == 0 and "CHANGED" in table.stdout and "1 of 2" in table.stdout
+
+
+def test_result_json_round_trips_and_its_schema_is_published(tmp_path: Path) -> None:
+    """What the runner writes is what the report reads; `testbed schema result` describes it."""
+    data = recorded("late-client.json")
+    again = parse_result(parse_result(data, "a").to_json(), "b")
+    assert again == parse_result(data, "a") and again.schema_version == SCHEMA_VERSION
+    p = run_cli("schema", "result")
+    assert p.returncode == 0, p.stderr
+    schema = json.loads(p.stdout)
+    assert schema["properties"]["schema_version"]["default"] == SCHEMA_VERSION
+    guard = schema["$defs"]["GuardReport"]["properties"]
+    assert {"result", "held_s", "client_migrate_info_sent", "actions"} <= set(guard)
+    outcome = schema["$defs"]["ScenarioResult"]["properties"]["outcome"]["anyOf"][0]["enum"]
+    assert "switch-host" in outcome and "unknown" in outcome
+
+
+def test_an_aborted_scenario_is_error_in_the_cli_table_as_in_the_report() -> None:
+    from testbed.cli.run import scenario_row
+    from testbed.report.junit import junit_xml
+
+    s = ScenarioResult(name="x", error="lab up failed", failures=["error: lab up failed"])
+    assert s.verdict == "ERROR"
+    assert "ERROR" in scenario_row(s)[-1]
+    run = Run(
+        parse_result(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "playbook": "p.yaml",
+                "topology": "t.yaml",
+                "started": 0.0,
+                "scenarios": [s.to_json()],
+            },
+            "r",
+        ),
+        Path("."),
+    )
+    assert ET.fromstring(junit_xml(run)).find(".//testcase/error") is not None

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
+from testbed import shipped
 from testbed.errors import TestbedError
 from testbed.lab.state import LabRecord, list_labs
 
@@ -21,7 +22,7 @@ console = Console(stderr=True)
 out = Console()
 if not out.is_terminal:  # logs and CI: tables wide enough to read whole
     out = Console(width=150)
-DEFAULT_TOPOLOGY = "topologies/local.yaml"
+DEFAULT_TOPOLOGY = str(shipped.DEFAULT_TOPOLOGY)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -297,6 +297,15 @@ cli.add_command(classify_cmd)
 cli.add_command(report_cmd)
 
 
+@cli.command()
+@click.argument("what", type=click.Choice(["result"]))
+def schema(what: str) -> None:
+    """Print the JSON Schema of WHAT (result: the result.json `testbed run` writes)."""
+    from testbed.model.result import result_schema
+
+    click.echo(json.dumps(result_schema(), indent=2))
+
+
 def main() -> None:
     cli(prog_name="testbed")
 

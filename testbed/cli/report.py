@@ -10,6 +10,7 @@ from rich.table import Table
 
 from testbed.cli.common import friendly_errors, out
 from testbed.errors import InputError
+from testbed.model.outcome import Verdict
 from testbed.report.compare import compare_runs
 from testbed.report.load import Run, load_run, scenario_dir
 from testbed.report.matrix import Matrix, outcome_matrix
@@ -29,9 +30,9 @@ def matrix_table(m: Matrix, title: str = "outcome matrix") -> Table:
             if s is None:
                 cells.append("[dim]not run[/]")
                 continue
-            exp = (s.get("expected") or {}).get("outcome")
-            miss = "" if s.get("passed") else f" (expected {exp})" if exp else " (FAIL)"
-            color = "green" if s.get("passed") else "red"
+            exp = s.expected.outcome
+            miss = "" if s.passed else f" (expected {exp})" if exp else f" ({s.verdict})"
+            color = "green" if s.passed else "red"
             cells.append(f"[{color}]{outcome_label(s)}{miss}[/]")
         t.add_row(r, *cells)
     return t
@@ -40,9 +41,9 @@ def matrix_table(m: Matrix, title: str = "outcome matrix") -> Table:
 def failed_lines(run: Run) -> list[str]:
     """One line per failed scenario: its name and where its output is."""
     return [
-        f"failed scenario: {s['name']} -> {scenario_dir(run, s)}"
+        f"failed scenario: {s.name} -> {scenario_dir(run, s)}"
         for s in run.scenarios
-        if not s.get("passed")
+        if not s.passed
     ]
 
 
@@ -95,11 +96,11 @@ def _written_json(w: Written) -> dict:
         "junit": str(w.junit),
         "html": str(w.html),
         "scenarios": len(w.run.scenarios),
-        "passed": sum(1 for s in w.run.scenarios if s.get("passed")),
+        "passed": sum(1 for s in w.run.scenarios if s.passed),
         "failed": [
-            {"scenario": s["name"], "dir": scenario_dir(w.run, s)}
+            {"scenario": s.name, "dir": scenario_dir(w.run, s)}
             for s in w.run.scenarios
-            if not s.get("passed")
+            if not s.passed
         ],
     }
 
@@ -123,9 +124,9 @@ def _compare(old_path: str, new_path: str, *, as_json: bool) -> None:
         t.add_row(
             r.scenario,
             r.old_outcome or "[dim](absent)[/]",
-            _verdict(r.old_verdict),
+            verdict_mark(r.old_verdict),
             r.new_outcome or "[dim](absent)[/]",
-            _verdict(r.new_verdict),
+            verdict_mark(r.new_verdict),
             "[bold yellow]CHANGED[/]" if r.changed else "",
         )
     out.print(t)
@@ -133,7 +134,13 @@ def _compare(old_path: str, new_path: str, *, as_json: bool) -> None:
     out.print(f"{n} of {len(rows)} scenario(s) changed")
 
 
-def _verdict(v: str | None) -> str:
-    if v is None:
-        return "[dim]-[/]"
-    return {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]"}.get(v, f"[red]{v}[/]")
+VERDICT_MARKS: dict[Verdict, str] = {
+    "PASS": "[green]PASS[/]",
+    "FAIL": "[red]FAIL[/]",
+    "ERROR": "[bold red]ERROR[/]",
+}
+
+
+def verdict_mark(v: Verdict | None) -> str:
+    """A verdict as the terminal shows it, the same in `testbed run` and `testbed report`."""
+    return "[dim]-[/]" if v is None else VERDICT_MARKS[v]

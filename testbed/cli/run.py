@@ -11,8 +11,11 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from testbed.cli.common import console, friendly_errors, out
+from testbed.cli.common import DEFAULT_TOPOLOGY, console, friendly_errors, out
+from testbed.cli.report import verdict_mark
+from testbed.report.text import guard_text
 from testbed.runner.result import RunResult, ScenarioResult
+from testbed.shipped import playbook_path
 
 
 def verdict_table(run: RunResult) -> Table:
@@ -33,18 +36,15 @@ def verdict_table(run: RunResult) -> Table:
 
 
 def scenario_row(s: ScenarioResult) -> list[str]:
-    exp = s.expected.get("outcome", "")
-    guard = "" if s.guard is None else f"{s.guard.get('result')} ({s.guard.get('held_s')} s)"
-    verdict = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
     return [
         s.name,
-        str(exp),
+        s.expected.outcome or "",
         str(s.outcome or "-"),
         str(s.client.usbredir or "-"),
         str(s.migration.duration_s or "-"),
         str(s.client.unresponsive_ms or "-"),
-        guard,
-        verdict,
+        guard_text(s),
+        verdict_mark(s.verdict),
     ]
 
 
@@ -70,15 +70,16 @@ def run(
 ) -> None:
     """Run PLAYBOOK(s); exit 0 exactly when every expectation holds."""
     from testbed.cli.report import print_written
-    from testbed.model.playbook import load_playbook, scenario_rows, select
+    from testbed.model.playbook import load_playbook, scenario_rows
     from testbed.model.topology import load_topology
     from testbed.report.write import write_reports
     from testbed.runner.run import check_against, default_out_dir, run_playbook
+    from testbed.runner.select import select
 
-    loaded = [load_playbook(p) for p in playbooks]
+    loaded = [load_playbook(playbook_path(p)) for p in playbooks]
     plans = []
     for pb in loaded:
-        topo_path = topology or pb.topology or "topologies/local.yaml"
+        topo_path = topology or pb.topology or DEFAULT_TOPOLOGY
         topo = load_topology(topo_path)
         chosen = select(pb.scenarios(), pattern) if pattern else pb.scenarios()
         check_against(chosen, topo, pb.source or pb.name)
@@ -108,7 +109,7 @@ def run(
             spinner.update(text=msg)
 
         def done(s: ScenarioResult) -> None:
-            mark = "[green]PASS[/]" if s.passed else "[red]FAIL[/]"
+            mark = verdict_mark(s.verdict)
             why = "" if s.passed else ": " + "; ".join(s.failures)
             console.print(f"{mark} {s.name} ({s.duration_s:.0f} s){why}", highlight=False)
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from testbed.model.outcome import Verdict
 from testbed.report.load import Run
-from testbed.report.text import outcome_label, verdict
+from testbed.report.text import outcome_label
 
 
 @dataclass
 class Change:
     scenario: str
     old_outcome: str | None
-    old_verdict: str | None
+    old_verdict: Verdict | None
     new_outcome: str | None
-    new_verdict: str | None
+    new_verdict: Verdict | None
 
     @property
     def changed(self) -> bool:
@@ -31,8 +32,8 @@ class Change:
 
 def compare_runs(old: Run, new: Run) -> list[Change]:
     """Every scenario of either run, in the new run's order, then those only the old had."""
-    before = {s["name"]: s for s in old.scenarios}
-    after = {s["name"]: s for s in new.scenarios}
+    before = {s.name: s for s in old.scenarios}
+    after = {s.name: s for s in new.scenarios}
     names = list(after) + [n for n in before if n not in after]
     rows = []
     for name in names:
@@ -41,9 +42,9 @@ def compare_runs(old: Run, new: Run) -> list[Change]:
             Change(
                 scenario=name,
                 old_outcome=outcome_label(o) if o else None,
-                old_verdict=verdict(o) if o else None,
+                old_verdict=o.verdict if o else None,
                 new_outcome=outcome_label(n) if n else None,
-                new_verdict=verdict(n) if n else None,
+                new_verdict=n.verdict if n else None,
             )
         )
     return rows

@@ -14,12 +14,18 @@ import re
 from datetime import datetime
 from html import escape
 from pathlib import Path
-from typing import Any
 
+from testbed.model.result import ClientSummary, ScenarioResult
 from testbed.report.load import Run, artifact_path, scenario_dir
 from testbed.report.matrix import Matrix, outcome_matrix
 from testbed.report.svg import timeline_svg
-from testbed.report.text import expected_text, failure_text, got_text, outcome_label, verdict
+from testbed.report.text import (
+    expected_text,
+    failure_text,
+    got_text,
+    guard_text,
+    outcome_label,
+)
 
 MAX_EMBED_BYTES = 400_000  # a screenshot larger than this is linked, not embedded
 SCREENSHOTS = ("screenshot_before", "screenshot_after")
@@ -54,7 +60,7 @@ document.getElementById('failed-only').addEventListener('change', function (e) {
 def report_html(run: Run) -> str:
     scenarios = run.scenarios
     ids = _anchors(scenarios)
-    passed = sum(1 for s in scenarios if s.get("passed"))
+    passed = sum(1 for s in scenarios if s.passed)
     overall = "PASS" if scenarios and passed == len(scenarios) else "FAIL"
     title = f"testbed: {run.name}"
     body = [
@@ -65,7 +71,7 @@ def report_html(run: Run) -> str:
     ]
     matrix = outcome_matrix(scenarios)
     if matrix is not None:
-        by_name = {s["name"]: a for s, a in zip(scenarios, ids, strict=True)}
+        by_name = {s.name: a for s, a in zip(scenarios, ids, strict=True)}
         body += ["<h2>Outcome matrix</h2>", matrix_table(matrix, by_name)]
     body += ["<h2>Scenarios</h2>", _summary(scenarios, ids)]
     body += [_scenario(run, s, ids[i]) for i, s in enumerate(scenarios)]
@@ -77,25 +83,23 @@ def report_html(run: Run) -> str:
     )
 
 
-def _anchors(scenarios: list[dict[str, Any]]) -> list[str]:
+def _anchors(scenarios: list[ScenarioResult]) -> list[str]:
     return [
-        f"s{i}-{re.sub(r'[^A-Za-z0-9]+', '-', s['name']).strip('-')}"
+        f"s{i}-{re.sub(r'[^A-Za-z0-9]+', '-', s.name).strip('-')}"
         for i, s in enumerate(scenarios)
     ]
 
 
 def _meta(run: Run) -> str:
-    d = run.data
-    when = ""
-    if isinstance(d.get("started"), int | float):
-        when = datetime.fromtimestamp(d["started"]).strftime("%Y-%m-%d %H:%M:%S")
-        if isinstance(d.get("ended"), int | float):
-            when += f", took {d['ended'] - d['started']:.0f} s"
-        else:
-            when += ", not finished (a run cut short)"
+    d = run.result
+    when = datetime.fromtimestamp(d.started).strftime("%Y-%m-%d %H:%M:%S")
+    if d.ended is not None:
+        when += f", took {d.ended - d.started:.0f} s"
+    else:
+        when += ", not finished (a run cut short)"
     return (
-        f"playbook <code>{escape(str(d.get('playbook')))}</code> on topology "
-        f"<code>{escape(str(d.get('topology')))}</code>; started {escape(when)}; "
+        f"playbook <code>{escape(d.playbook)}</code> on topology "
+        f"<code>{escape(d.topology)}</code>; started {escape(when)}; "
         f"report built from result.json at {datetime.now():%Y-%m-%d %H:%M:%S}"
     )
 
@@ -125,26 +129,26 @@ def matrix_table(m: Matrix, anchors: dict[str, str] | None = None) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     extra = ""
     if m.outside:
-        names = ", ".join(escape(s["name"]) for s in m.outside)
+        names = ", ".join(escape(s.name) for s in m.outside)
         extra = f'<p class="dim">not in the matrix: {names}</p>'
     return '<table class="matrix">' + "".join(rows) + "</table>" + extra
 
 
-def _matrix_cell(s: dict[str, Any] | None, anchors: dict[str, str]) -> str:
+def _matrix_cell(s: ScenarioResult | None, anchors: dict[str, str]) -> str:
     if s is None:
         return '<td class="none">not run</td>'
-    cls = "pass" if s.get("passed") else "fail"
+    cls = "pass" if s.passed else "fail"
     text = escape(outcome_label(s))
-    exp = (s.get("expected") or {}).get("outcome")
-    if not s.get("passed"):
+    exp = s.expected.outcome
+    if not s.passed:
         text += f"<small>expected {escape(str(exp))}</small>" if exp else "<small>FAIL</small>"
-    tip = escape(f"{s['name']}: {verdict(s)}; expected {expected_text(s)}; got {got_text(s)}")
-    link = anchors.get(s["name"])
+    tip = escape(f"{s.name}: {s.verdict}; expected {expected_text(s)}; got {got_text(s)}")
+    link = anchors.get(s.name)
     inner = f'<a href="#{link}">{text}</a>' if link else text
     return f'<td class="{cls}" title="{tip}">{inner}</td>'
 
 
-def _summary(scenarios: list[dict[str, Any]], ids: list[str]) -> str:
+def _summary(scenarios: list[ScenarioResult], ids: list[str]) -> str:
     head = (
         "<tr><th>scenario</th><th>expected</th><th>outcome</th><th>usbredir</th>"
         "<th>migration s</th><th>downtime ms</th><th>unresponsive ms</th><th>guard</th>"
@@ -152,30 +156,29 @@ def _summary(scenarios: list[dict[str, Any]], ids: list[str]) -> str:
     )
     rows = [head]
     for s, a in zip(scenarios, ids, strict=True):
-        mig, client, guard = s.get("migration") or {}, s.get("client") or {}, s.get("guard")
-        g = "" if not guard else f"{guard.get('result')} ({guard.get('held_s')} s)"
-        v = verdict(s)
+        mig, client = s.migration, s.client
+        v = s.verdict
         cells = [
-            f'<a href="#{a}">{escape(s["name"])}</a>',
-            escape(str((s.get("expected") or {}).get("outcome", ""))),
+            f'<a href="#{a}">{escape(s.name)}</a>',
+            escape(s.expected.outcome or ""),
             escape(outcome_label(s)),
-            escape(str(client.get("usbredir") or "-")),
-            escape(str(mig.get("duration_s") or "-")),
-            escape(str(mig.get("downtime_ms") if mig.get("downtime_ms") is not None else "-")),
-            escape(str(client.get("unresponsive_ms") or "-")),
-            escape(g),
+            escape(str(client.usbredir or "-")),
+            escape(str(mig.duration_s or "-")),
+            escape(str(mig.downtime_ms if mig.downtime_ms is not None else "-")),
+            escape(str(client.unresponsive_ms or "-")),
+            escape(guard_text(s)),
             f'<span class="v {v}" style="color:#fff;padding:0 .4em">{v}</span>',
         ]
         rows.append(f'<tr class="{v}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _scenario(run: Run, s: dict[str, Any], anchor: str) -> str:
-    v = verdict(s)
-    params = ", ".join(f"{k}={val}" for k, val in (s.get("params") or {}).items())
+def _scenario(run: Run, s: ScenarioResult, anchor: str) -> str:
+    v = s.verdict
+    params = ", ".join(f"{k}={val}" for k, val in s.params.items())
     parts = [
         f'<section class="scenario {v}" id="{anchor}">',
-        f'<h3>{escape(s["name"])} <span class="v {v}">{v}</span></h3>',
+        f'<h3>{escape(s.name)} <span class="v {v}">{v}</span></h3>',
     ]
     if params:
         parts.append(f'<p class="dim">{escape(params)}</p>')
@@ -186,41 +189,41 @@ def _scenario(run: Run, s: dict[str, Any], anchor: str) -> str:
     parts.append(f"<figure>{timeline_svg(s)}</figure>")
     parts.append(_screenshots(run, s))
     parts.append(_artifact_links(run, s))
-    evidence = s.get("evidence") or []
+    evidence = s.evidence
     if evidence:
         lines = escape("\n".join(evidence))
         parts.append(
             f"<details><summary>client log evidence ({len(evidence)} lines)</summary>"
             f"<pre>{lines}</pre></details>"
         )
-    if s.get("links"):
-        parts.append(_links_table(s["links"]))
+    if s.links:
+        parts.append(_links_table(s.links))
     parts.append("</section>")
     return "\n".join(parts)
 
 
-def _facts(s: dict[str, Any]) -> str:
-    mig, client, guard = s.get("migration") or {}, s.get("client") or {}, s.get("guard")
+def _facts(s: ScenarioResult) -> str:
+    mig, client, guard = s.migration, s.client, s.guard
     rows = [
         ("expected", expected_text(s)),
         ("got", got_text(s)),
         (
             "migration",
-            f"{mig.get('result')} in {mig.get('duration_s')} s, downtime "
-            f"{mig.get('downtime_ms')} ms, {(mig.get('bytes') or 0) / 2**20:.0f} MiB",
+            f"{mig.result} in {mig.duration_s} s, downtime "
+            f"{mig.downtime_ms} ms, {(mig.bytes or 0) / 2**20:.0f} MiB",
         ),
         ("client", _client_text(client)),
     ]
     if guard:
-        acts = ", ".join(str(a.get("action")) for a in guard.get("actions") or [])
+        acts = ", ".join(a.action for a in guard.actions)
         rows.append(
             (
                 "guard",
-                f"{guard.get('result')}, held {guard.get('held_s')} s, client_migrate_info "
-                f"sent {guard.get('client_migrate_info_sent')}x; {acts}",
+                f"{guard.result}, held {guard.held_s} s, client_migrate_info "
+                f"sent {guard.client_migrate_info_sent}x; {acts}",
             )
         )
-    rows.append(("took", f"{s.get('duration_s')} s"))
+    rows.append(("took", f"{s.duration_s} s"))
     return (
         '<table class="facts">'
         + "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows)
@@ -228,20 +231,20 @@ def _facts(s: dict[str, Any]) -> str:
     )
 
 
-def _client_text(client: dict[str, Any]) -> str:
-    at, pct = client.get("connected_at_s"), client.get("connected_at_progress")
-    if not isinstance(at, int | float):
+def _client_text(client: ClientSummary) -> str:
+    at, pct = client.connected_at_s, client.connected_at_progress
+    if at is None:
         when = "connected: not recorded"
     elif at < 0:
         when = f"connected {-at:g} s before the migration started"
     else:
         when = f"connected {at:g} s after the migration started (at {pct} %)"
-    return f"{when}; unresponsive {client.get('unresponsive_ms')} ms"
+    return f"{when}; unresponsive {client.unresponsive_ms} ms"
 
 
-def _screenshots(run: Run, s: dict[str, Any]) -> str:
+def _screenshots(run: Run, s: ScenarioResult) -> str:
     figs = []
-    arts = s.get("artifacts") or {}
+    arts = s.artifacts
     for kind in SCREENSHOTS:
         if kind not in arts:
             continue
@@ -266,9 +269,9 @@ def _screenshots(run: Run, s: dict[str, Any]) -> str:
     return "<div>" + "".join(figs) + "</div>" if figs else ""
 
 
-def _artifact_links(run: Run, s: dict[str, Any]) -> str:
+def _artifact_links(run: Run, s: ScenarioResult) -> str:
     items = []
-    for kind, recorded in (s.get("artifacts") or {}).items():
+    for kind, recorded in s.artifacts.items():
         if kind in SCREENSHOTS:
             continue
         p = artifact_path(run, s, str(recorded))
@@ -280,7 +283,7 @@ def _artifact_links(run: Run, s: dict[str, Any]) -> str:
     return '<p class="logs">logs: ' + " · ".join(items) + "</p>" if items else ""
 
 
-def _links_table(links: list[dict[str, Any]]) -> str:
+def _links_table(links: list[dict[str, str]]) -> str:
     keys = list(dict.fromkeys(k for row in links for k in row))
     head = "<tr>" + "".join(f"<th>{escape(k)}</th>" for k in keys) + "</tr>"
     body = "".join(

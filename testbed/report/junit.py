@@ -11,10 +11,11 @@ from __future__ import annotations
 import socket
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
-from typing import Any
 
+from testbed.model.outcome import Verdict
+from testbed.model.result import ScenarioResult
 from testbed.report.load import Run, attachments, scenario_dir
-from testbed.report.text import expected_text, failure_text, got_text, verdict
+from testbed.report.text import expected_text, failure_text, got_text
 
 
 def junit_xml(run: Run) -> str:
@@ -22,17 +23,17 @@ def junit_xml(run: Run) -> str:
         "testsuite",
         name=run.name,
         hostname=socket.gethostname(),
-        timestamp=_iso(run.data.get("started")),
+        timestamp=_iso(run.result.started),
     )
     props = ET.SubElement(suite, "properties")
-    for key in ("playbook", "topology"):
-        ET.SubElement(props, "property", name=key, value=str(run.data.get(key, "")))
+    for key, value in (("playbook", run.result.playbook), ("topology", run.result.topology)):
+        ET.SubElement(props, "property", name=key, value=value)
     counts = {"tests": 0, "failures": 0, "errors": 0}
     total = 0.0
     for s in run.scenarios:
         counts["tests"] += 1
-        total += float(s.get("duration_s") or 0)
-        v = verdict(s)
+        total += s.duration_s or 0.0
+        v = s.verdict
         if v == "FAIL":
             counts["failures"] += 1
         elif v == "ERROR":
@@ -50,15 +51,15 @@ def junit_xml(run: Run) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
 
 
-def _testcase(run: Run, s: dict[str, Any], v: str) -> ET.Element:
+def _testcase(run: Run, s: ScenarioResult, v: Verdict) -> ET.Element:
     case = ET.Element(
         "testcase",
         classname=run.name,
-        name=s["name"],
-        time=f"{float(s.get('duration_s') or 0):.3f}",
+        name=s.name,
+        time=f"{s.duration_s or 0.0:.3f}",
     )
     props = ET.SubElement(case, "properties")
-    for axis, value in (s.get("params") or {}).items():
+    for axis, value in s.params.items():
         ET.SubElement(props, "property", name=f"param.{axis}", value=str(value))
     ET.SubElement(props, "property", name="expected", value=expected_text(s))
     ET.SubElement(props, "property", name="got", value=got_text(s))
@@ -67,7 +68,7 @@ def _testcase(run: Run, s: dict[str, Any], v: str) -> ET.Element:
     for kind, path in attached:
         ET.SubElement(props, "property", name=f"attachment:{kind}", value=path)
     if v != "PASS":
-        why = "; ".join(s.get("failures") or []) or "not passed"
+        why = "; ".join(s.failures) or "not passed"
         tag = "error" if v == "ERROR" else "failure"
         el = ET.SubElement(case, tag, message=why, type="verdict" if tag == "failure" else "lab")
         el.text = failure_text(s, where)
@@ -78,7 +79,7 @@ def _testcase(run: Run, s: dict[str, Any], v: str) -> ET.Element:
     return case
 
 
-def _iso(epoch: Any) -> str:
+def _iso(epoch: float) -> str:
     try:
         return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
     except (TypeError, ValueError, OverflowError, OSError):

@@ -13,7 +13,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from testbed.model.result import ScenarioResult
 
 SEPARATORS = ("/", "-")
 
@@ -26,16 +27,16 @@ class Matrix:
     row_values: list[str]
     col_axes: list[str]
     col_values: list[tuple[str, ...]]  # one tuple of col_axes values per column
-    cells: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = field(default_factory=dict)
-    outside: list[dict[str, Any]] = field(default_factory=list)  # scenarios with no cell
+    cells: dict[tuple[str, tuple[str, ...]], ScenarioResult] = field(default_factory=dict)
+    outside: list[ScenarioResult] = field(default_factory=list)  # scenarios with no cell
 
-    def cell(self, row: str, col: tuple[str, ...]) -> dict[str, Any] | None:
+    def cell(self, row: str, col: tuple[str, ...]) -> ScenarioResult | None:
         return self.cells.get((row, col))
 
 
-def scenario_params(scenarios: list[dict[str, Any]]) -> list[Params]:
+def scenario_params(scenarios: list[ScenarioResult]) -> list[Params]:
     """Each scenario's params; for one without, what its name says (or {})."""
-    known = [(s["name"], dict(s.get("params") or {})) for s in scenarios]
+    known = [(s.name, dict(s.params)) for s in scenarios]
     named = [(n, p) for n, p in known if p]
     return [p if p else _from_name(n, named) for n, p in known]
 
@@ -134,10 +135,10 @@ def _topo(seen: list[str], after: dict[str, set[str]]) -> list[str]:
     return out
 
 
-def outcome_matrix(scenarios: list[dict[str, Any]]) -> Matrix | None:
+def outcome_matrix(scenarios: list[ScenarioResult]) -> Matrix | None:
     """The matrix of a run, or None when it swept nothing."""
     params = scenario_params(scenarios)
-    axes = _axes(params, [p for s, p in zip(scenarios, params, strict=True) if s.get("params")])
+    axes = _axes(params, [p for s, p in zip(scenarios, params, strict=True) if s.params])
     if not axes:
         return None
     row_axis, *col_axes = axes

@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
+from testbed.model.result import ScenarioResult
+
 WIDTH = 920
 LEFT = 112  # lane labels
 RIGHT = 16
@@ -103,10 +105,10 @@ class _Canvas:
         (self.labels if on_top else self.parts).append(svg)
 
 
-def timeline_svg(scenario: dict[str, Any], width: int = WIDTH) -> str:
+def timeline_svg(scenario: ScenarioResult, width: int = WIDTH) -> str:
     """The scenario's timeline as an <svg> element (a string), sized `width` pixels."""
     events = sorted(
-        (e for e in scenario.get("timeline") or [] if isinstance(e.get("t"), int | float)),
+        (e for e in scenario.timeline if isinstance(e.get("t"), int | float)),
         key=lambda e: e["t"],
     )
     c = _Canvas(max((e["t"] for e in events), default=1.0) * 1.03, width)
@@ -116,7 +118,7 @@ def timeline_svg(scenario: dict[str, Any], width: int = WIDTH) -> str:
         _event(c, e, scenario)
     _guard_spans(c, events)
     _switchover(c, events)
-    label = escape(f"timeline of {scenario.get('name', '')}")
+    label = escape(f"timeline of {scenario.name}")
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" '
         f'height="{c.height:.0f}" viewBox="0 0 {width} {c.height:.0f}" role="img" '
@@ -177,7 +179,7 @@ def _progress(c: _Canvas, events: list[dict[str, Any]]) -> None:
     )
 
 
-def _event(c: _Canvas, e: dict[str, Any], scenario: dict[str, Any]) -> None:
+def _event(c: _Canvas, e: dict[str, Any], scenario: ScenarioResult) -> None:
     kind, t, info = e["kind"], e["t"], _fmt(e)
     title = f"{kind}: {info}" if info else kind
     if kind == "lab.up":
@@ -215,7 +217,7 @@ def _event(c: _Canvas, e: dict[str, Any], scenario: dict[str, Any]) -> None:
     elif kind.startswith("guard.") and kind not in ("guard.hold", "guard.release"):
         c.mark(t, "guard", GREY, title, "bar")
     elif kind == "outcome":
-        color = GREEN if scenario.get("passed") else RED
+        color = GREEN if scenario.passed else RED
         c.mark(t, "verdict", color, title, "circle", str(e.get("outcome")))
     elif kind == "error":
         c.mark(t, "verdict", RED, title, "diamond", "error")

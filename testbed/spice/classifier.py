@@ -29,10 +29,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration", "unknown"]
-UsbFate = Literal["migrated", "reconnected", "lost", "kept", "none"]
+from testbed.model.outcome import Observed as Outcome
+from testbed.model.outcome import UsbRedir as UsbFate
 
 
 class _Pattern:
