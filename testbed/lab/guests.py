@@ -158,14 +158,26 @@ def migration_for(
     *,
     network: str = "migration",
     display_network: str = "display",
-    **options: object,
+    bandwidth_mib: int | None = None,
+    max_downtime_ms: float | None = None,
+    auto_converge: bool = False,
+    postcopy: bool = False,
+    timeout_s: float = 300.0,
 ) -> Migration:
     """A Migration of `guest` to hypervisor `to` over `network`, not yet started."""
     src = location(lab, guest)
     if to not in lab.topology.hypervisors() or to == src:
         raise InputError(f"cannot migrate {guest} from {src} to {to!r}")
     net = network if network in lab.topology.networks else display_network
-    opts = MigrationOptions(migrate_uri=f"tcp://{lab.address(to, net)}", **options)  # type: ignore[arg-type]
+    opts = MigrationOptions(
+        migrate_uri=f"tcp://{lab.address(to, net)}",
+        bandwidth_mib=bandwidth_mib,
+        # a playbook's duration may be fractional; libvirt takes whole milliseconds
+        max_downtime_ms=None if max_downtime_ms is None else max(1, round(max_downtime_ms)),
+        auto_converge=auto_converge,
+        postcopy=postcopy,
+        timeout_s=timeout_s,
+    )
     if opts.graphics_uri is None and display_network in lab.topology.networks:
         opts.graphics_uri = f"spice://{lab.address(to, display_network)}"
     return Migration(lab.conn(src), lab.conn(to), lab.domain_name(guest), opts)
