@@ -71,10 +71,11 @@ def run(
 ) -> None:
     """Run PLAYBOOK(s); exit 0 exactly when every expectation holds."""
     from testbed.cli.report import print_written
-    from testbed.model.playbook import load_playbook, scenario_rows, select
+    from testbed.model.playbook import load_playbook, scenario_rows
     from testbed.model.topology import load_topology
     from testbed.report.write import write_reports
     from testbed.runner.run import check_against, default_out_dir, run_playbook
+    from testbed.runner.select import select
 
     loaded = [load_playbook(p) for p in playbooks]
     plans = []

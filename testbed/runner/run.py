@@ -22,11 +22,11 @@ from testbed.model.playbook import (
     Scenario,
     ShapeStep,
     StartGuestStep,
-    select,
 )
 from testbed.model.topology import Topology
 from testbed.runner.result import RunResult, ScenarioResult
 from testbed.runner.scenario import ScenarioRun
+from testbed.runner.select import select
 
 Progress = Callable[[str], None]
 ScenarioDone = Callable[[ScenarioResult], None]
