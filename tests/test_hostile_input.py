@@ -42,8 +42,7 @@ def _indent(text: str, n: int) -> str:
 
 def _topology(subnets: dict[str, str], extra_host: bool = False) -> str:
     hosts = (
-        "  src: {roles: [hypervisor]}\n  dst: {roles: [hypervisor]}\n"
-        "  client: {roles: [client]}\n"
+        "  src: {roles: [hypervisor]}\n  dst: {roles: [hypervisor]}\n  client: {roles: [client]}\n"
     )
     if extra_host:
         hosts += "  lonely: {roles: [client]}\n"
@@ -69,6 +68,18 @@ PLAYBOOKS: dict[str, tuple[Content, str]] = {
     "bomb-in-steps": (_bomb() + "\nname: p\nsteps: *a8\n", "limit"),
     "bomb-in-vars": ("vars:\n" + _indent(_bomb(), 2) + "\nname: p\nsteps: []\n", "limit"),
     "200000-steps": (lambda: "name: p\nsteps:\n" + "- wait: 1s\n" * 200_000, "limit"),
+    "2001-steps": (
+        lambda: "name: p\nsteps:\n" + "- wait: 1s\n" * 2001,
+        "steps: List should have at most 2000 items",
+    ),
+    "matrix-of-a-billion": (
+        "name: p\nmatrix:\n"
+        + "".join(
+            f"  a{i}: {{" + ", ".join(f"v{j}: {{}}" for j in range(10)) + "}\n" for i in range(9)
+        )
+        + "steps:\n  - start_guest: {guest: vm}\n",
+        "matrix: the matrix makes 1,000,000,000 scenarios",
+    ),
     "too-large": (lambda: "# " + "x" * MAX_FILE_BYTES + "\n", "larger than"),
 }
 TOPOLOGIES: dict[str, tuple[Content, str]] = {
