@@ -163,7 +163,13 @@ def load_yaml_text(
     keep_text: Callable[[PathKey], bool] | None = None,
     empty_hint: str | None = None,
 ) -> YamlDoc:
-    loader = _LimitedLoader(text, file)
+    try:
+        loader = _LimitedLoader(text, file)  # its reader refuses control characters at once
+    except yaml.reader.ReaderError as e:
+        line = text.count("\n", 0, e.position) + 1
+        raise InputError(
+            f"not text YAML can hold (character #x{e.character:04x})", file=file, line=line
+        ) from None
     try:
         node = loader.get_single_node()
     except RecursionError:
