@@ -13,6 +13,7 @@ from pathlib import Path, PurePath
 
 from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
+from testbed.lab.ticket import spice_ticket
 from testbed.virt.accel import READY_MARKER, probe_accel
 from testbed.virt.domain import DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
@@ -109,6 +110,7 @@ def start_guest(
         "vcpus": g.vcpus,
         "accel": accel,
         "emulator": _emulator(lab, host),
+        "spice_ticket": spice_ticket(lab.dir),
     }
     if g.image == "default":
         image, _ = build_guest_image()
