@@ -64,7 +64,8 @@ def test_dead_destination_releases_the_hold(needs_root: None, tmp_path: Path) ->
     release = _event(run, "guard.release")
     assert release is not None, run.timeline.to_json()
     assert release["why"].startswith("fail-safe:"), release
-    assert release["t"] - killed_at < RELEASE_BOUND_S, (release, killed_at)
+    print(f"guard released {release['t'] - killed_at:.3f} s after the kill: {guard.reason}")
+    assert 0 <= release["t"] - killed_at < RELEASE_BOUND_S, (release, killed_at)
     # the migration's own bandwidth was restored on the source's job (the first
     # change is the hold at 1 MiB/s, the second the release back to 100)
     changes = [mib for _t, mib in run.migration.record.bandwidth_changes] if run.migration else []

@@ -231,7 +231,9 @@ class SpiceGuard:
         entry.update(detail)
         self.report.actions.append(entry)
         log.info("guard: %s %s", a.kind, detail)
-        self.notify(f"guard.{a.kind}", **{k: v for k, v in entry.items() if k != "action"})
+        # the timeline stamps its own time (since the scenario began); t here is the migration's
+        shown = {k: v for k, v in entry.items() if k not in ("t", "action")}
+        self.notify(f"guard.{a.kind}", **shown)
 
     def _hold(self, a: Action) -> dict[str, Any]:
         self.m.set_bandwidth(self.cfg.hold_bandwidth_mib)
