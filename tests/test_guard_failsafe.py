@@ -70,3 +70,32 @@ def test_dead_destination_releases_the_hold(needs_root: None, tmp_path: Path) ->
     # change is the hold at 1 MiB/s, the second the release back to 100)
     changes = [mib for _t, mib in run.migration.record.bandwidth_changes] if run.migration else []
     assert changes[:3] == [100, 1, 100], changes
+
+
+DOWNTIME_PLAYBOOK = """
+name: guard-max-downtime
+steps:
+  - start_guest: {guest: vm, fill: 64MiB}
+  - connect_client: {client: client, guest: vm, when: at 30%}
+  - migrate: {guest: vm, to: dst, bandwidth: 10, guard: true, max_downtime: 300ms,
+              wait: true, timeout: 240s}
+  - expect: {outcome: seamless, usbredir: migrated, migration: completed}
+"""
+
+
+def test_max_downtime_is_restored_after_the_hold(needs_root: None, tmp_path: Path) -> None:
+    """The bug: a playbook's max_downtime (a float) made the release raise TypeError,
+    so the hold (1 MiB/s, 1 ms) stayed and 64 MiB took about 62 s instead of 20."""
+    scenario = parse_playbook(DOWNTIME_PLAYBOOK).scenarios()[0]
+    run = ScenarioRun(scenario, load_topology(REPO / "topologies" / "local.yaml"), tmp_path, print)
+    result = run.run()
+    assert result.error is None, result.error
+    assert result.passed, result.failures
+    guard = result.guard
+    assert guard is not None
+    assert guard["result"] == "released", guard
+    release = next(a for a in guard["actions"] if a["action"] == "release")
+    assert (release["bandwidth_mib"], release["downtime_ms"]) == (10, 300), release
+    assert "restore_errors" not in release
+    assert result.migration.duration_s is not None
+    assert result.migration.duration_s < 40, result.migration
