@@ -13,6 +13,7 @@ from rich.table import Table
 
 from testbed.cli.common import DEFAULT_TOPOLOGY, console, friendly_errors, out
 from testbed.cli.report import verdict_mark
+from testbed.errors import InputError
 from testbed.report.text import guard_text
 from testbed.runner.result import RunResult, ScenarioResult
 from testbed.shipped import playbook_path
@@ -130,9 +131,9 @@ def run(
 @friendly_errors
 def classify(client_log: str, as_json: bool) -> None:
     """Classify a remote-viewer debug log (SPICE_DEBUG=1 --debug) on its own."""
-    from testbed.spice.classifier import classify_file
+    from testbed.spice.classifier import classify
 
-    c = classify_file(client_log)
+    c = classify(read_client_log(Path(client_log)))
     if as_json:
         out.print_json(json.dumps(c.to_json(), default=str))
         return
@@ -140,3 +141,28 @@ def classify(client_log: str, as_json: bool) -> None:
     out.print(c.reason)
     for e in c.evidence[:20]:
         out.print(f"  {e.line}: {e.text.strip()[:140]}  [dim]({e.means})[/]", highlight=False)
+
+
+MAX_CLIENT_LOG_BYTES = 256 * 1024 * 1024
+DEBUG_MARKERS = (b"GSpice-DEBUG:", b"virt-viewer-DEBUG:")
+
+
+def read_client_log(path: Path, max_bytes: int = MAX_CLIENT_LOG_BYTES) -> str:
+    """A remote-viewer debug log (plain or .gz) read bounded; a file over `max_bytes`
+    or without one remote-viewer debug line is an input error."""
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
+    except (OSError, EOFError) as e:
+        raise InputError(f"cannot read: {e}", file=str(path)) from None
+    if len(raw) > max_bytes:
+        raise InputError(f"larger than {max_bytes:,} bytes: not one client log", file=str(path))
+    if not any(m in raw for m in DEBUG_MARKERS):
+        raise InputError(
+            "not a remote-viewer debug log: no GSpice-DEBUG or virt-viewer-DEBUG line",
+            file=str(path),
+            hint="record one with SPICE_DEBUG=1 remote-viewer --debug URI 2> client.log",
+        )
+    return raw.decode("utf-8", errors="replace")

@@ -12,6 +12,7 @@ from pathlib import Path, PurePath
 
 from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
+from testbed.lab.ticket import spice_ticket
 from testbed.virt.accel import READY_MARKER, probe_accel
 from testbed.virt.domain import DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
@@ -99,6 +100,7 @@ def start_guest(
         "vcpus": g.vcpus,
         "accel": accel,
         "emulator": _emulator(lab, host),
+        "spice_ticket": spice_ticket(lab.dir),
     }
     if g.image == "default":
         image, _ = build_guest_image()
@@ -148,14 +150,26 @@ def migration_for(
     *,
     network: str = "migration",
     display_network: str = "display",
-    **options: object,
+    bandwidth_mib: int | None = None,
+    max_downtime_ms: float | None = None,
+    auto_converge: bool = False,
+    postcopy: bool = False,
+    timeout_s: float = 300.0,
 ) -> Migration:
     """A Migration of `guest` to hypervisor `to` over `network`, not yet started."""
     src = location(lab, guest)
     if to not in lab.topology.hypervisors() or to == src:
         raise InputError(f"cannot migrate {guest} from {src} to {to!r}")
     net = network if network in lab.topology.networks else display_network
-    opts = MigrationOptions(migrate_uri=f"tcp://{lab.address(to, net)}", **options)  # type: ignore[arg-type]
+    opts = MigrationOptions(
+        migrate_uri=f"tcp://{lab.address(to, net)}",
+        bandwidth_mib=bandwidth_mib,
+        # a playbook's duration may be fractional; libvirt takes whole milliseconds
+        max_downtime_ms=None if max_downtime_ms is None else max(1, round(max_downtime_ms)),
+        auto_converge=auto_converge,
+        postcopy=postcopy,
+        timeout_s=timeout_s,
+    )
     if opts.graphics_uri is None and display_network in lab.topology.networks:
         opts.graphics_uri = f"spice://{lab.address(to, display_network)}"
     return Migration(lab.conn(src), lab.conn(to), lab.domain_name(guest), opts)

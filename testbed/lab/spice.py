@@ -15,12 +15,20 @@ import libvirt
 from testbed.errors import LabError
 from testbed.lab.guests import location
 from testbed.lab.lab import Lab
+from testbed.lab.ticket import spice_ticket
 from testbed.spice.client import SpiceClient
 
 
 def spice_client(lab: Lab, out_dir: Path, *, client: str = "client", **kw: object) -> SpiceClient:
     """A remote-viewer on `client`'s X display, recorded in the lab's ledger."""
-    return SpiceClient(lab.hosts[client], lab.display(client), lab.ledger, out_dir, **kw)  # type: ignore[arg-type]
+    return SpiceClient(
+        lab.hosts[client],
+        lab.display(client),
+        lab.ledger,
+        out_dir,
+        ticket=spice_ticket(lab.dir),
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,7 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
         _check_host_kind(topo, name, host, fail)
     if not topo.hypervisors():
         fail("needs at least one host with role 'hypervisor'", ("hosts",))
+    _check_subnets(topo, fail)
     for nname, net in topo.networks.items():
         if not NAME_RE.match(nname):
             fail(f"network name must be {NAME_RULE} (found {nname!r})", ("networks", nname))
@@ -263,6 +264,41 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
                 f"fill {guest.fill} MiB leaves too little of {guest.memory} MiB for the guest",
                 ("guests", gname, "fill"),
             )
+
+
+# lab addresses: private (RFC 1918) or reserved for testing (RFC 2544, RFC 5737)
+LAB_RANGES = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+    )
+)
+
+
+def _check_subnets(topo: Topology, fail: Callable[[str, tuple[str | int, ...]], None]) -> None:
+    """Subnets private or for testing, no two overlapping, every host on a network."""
+    seen: list[tuple[str, ipaddress.IPv4Network]] = []
+    for nname, net in topo.networks.items():
+        where = ("networks", nname, "subnet")
+        if not any(net.subnet.subnet_of(r) for r in LAB_RANGES):
+            fail(
+                f"subnet {net.subnet} is not private or reserved for testing (use one in "
+                f"{', '.join(str(r) for r in LAB_RANGES)})",
+                where,
+            )
+        for other, sub in seen:
+            if net.subnet.overlaps(sub):
+                fail(f"subnet {net.subnet} overlaps network {other!r} ({sub})", where)
+        seen.append((nname, net.subnet))
+    for name in topo.hosts:
+        if not any(name in net.members for net in topo.networks.values()):
+            fail(f"host {name!r} is on no network: add it to a network's members", ("hosts", name))
 
 
 def _check_host_kind(

@@ -112,6 +112,7 @@ class SpiceClient:
         *,
         name: str = "remote-viewer",
         extra_args: tuple[str, ...] = (),
+        ticket: str | None = None,
     ) -> None:
         self.host = host
         self.display = display
@@ -119,6 +120,7 @@ class SpiceClient:
         self.out_dir = out_dir
         self.name = name
         self.extra_args = extra_args
+        self._ticket = ticket  # handed over in a 0600 connection file, never in argv or logs
         self.uri: str | None = None
         self.log_path = out_dir / f"{name}.log"  # this machine's copy, complete after stop
         self.host_log: PurePath | None = None  # the log being written, on the host
@@ -159,8 +161,9 @@ class SpiceClient:
         env = self._env()
         self._fetched = False
         self.connect_t, self.connect_wall = time.monotonic(), time.time()
+        target = self._connection_file(uri) if self._ticket else uri
         self._proc = self.host.start(
-            ["remote-viewer", "--debug", *self.extra_args, uri], log=self.host_log, env=env
+            ["remote-viewer", "--debug", *self.extra_args, target], log=self.host_log, env=env
         )
         self.pid = self._proc.pid
         self.host.record_process(self.ledger, self._proc, "process", name=self.name)
@@ -172,6 +175,20 @@ class SpiceClient:
             uri,
             self.host_log,
         )
+
+    def _connection_file(self, uri: str) -> str:
+        """A virt-viewer connection file (.vv, mode 0600) holding `uri` and the ticket;
+        remote-viewer reads it and it stays in the host's state, out of any log."""
+        m = re.fullmatch(r"spice://\[?([^\]/]+?)\]?:(\d+)/?", uri)
+        if not m:
+            raise LabError(f"not a spice://ADDR:PORT URI: {uri}")
+        path = self.host.state_dir / "clients" / f"{self.name}-{self._tag}-{self._n}.vv"
+        text = (
+            f"[virt-viewer]\ntype=spice\nhost={m.group(1)}\nport={m.group(2)}\n"
+            f"password={self._ticket}\ndelete-this-file=0\n"
+        )
+        self.host.write_text(path, text, mode=0o600)
+        return str(path)
 
     # -- state ------------------------------------------------------------------------
     def running(self) -> bool:

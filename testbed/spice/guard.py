@@ -21,6 +21,13 @@ flipping it behind libvirt's back is unsupported, while speed and downtime
 are documented to change during a job. The cost: a held migration keeps
 copying at 1 MiB/s, and the guard adds the client's connect time to the
 migration time (bench/guard_cost.py measures it).
+
+The decisions are testbed.spice.guard_policy's (pure, tested on recorded
+events); this module only observes and makes the libvirt calls. It fails safe:
+any exception, a lost event stream or a dead destination (its libvirtd
+connection closed or its keepalive lost) releases the hold at once, restoring
+the migration's own bandwidth and downtime, and the result says
+`failed-released` with the reason.
 """
 
 from __future__ import annotations
@@ -38,13 +45,22 @@ import libvirt
 import libvirt_qemu
 
 from testbed.spice.events import GraphicsEventLog
+from testbed.spice.guard_policy import (
+    SPICE_MIGRATE_TIMEOUT_S,
+    WATCHING,
+    Action,
+    GuardPolicy,
+    PolicyConfig,
+    observe,
+)
+from testbed.virt.events import event_loop_alive
 from testbed.virt.migration import Migration
 
 log = logging.getLogger(__name__)
 
-SPICE_MIGRATE_TIMEOUT_S = 10.0  # spice-server's MIGRATE_TIMEOUT for the client's pre-connect
 DEFAULT_DOWNTIME_MS = 300  # QEMU's default downtime-limit
 UNLIMITED_MIB = 8192
+KEEPALIVE = (1, 3)  # libvirt keepalive on the destination: every 1 s, 3 missed = dead
 Notify = Callable[..., None]
 
 
@@ -57,20 +73,27 @@ class GuardConfig:
     resend_after_s: float = SPICE_MIGRATE_TIMEOUT_S
     give_up_s: float = 90.0
     settle_s: float = 0.3  # channel counts must be stable this long to release
+    # client_migrate_info's extra arguments for a TLS display: tls-port and cert-subject
+    tls_port: int | None = None
+    cert_subject: str | None = None
 
 
 @dataclass
 class GuardReport:
-    result: str = "watching"  # watching, not-needed, released, gave-up, migration-ended
+    result: str = WATCHING  # see testbed.spice.guard_policy for the words
+    reason: str = ""
     actions: list[dict[str, Any]] = field(default_factory=list)
     held_s: float = 0.0
     client_migrate_info_sent: int = 0
+    origin: float = 0.0  # the migration's start, on the server events' clock (monotonic)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "result": self.result,
+            "reason": self.reason,
             "held_s": round(self.held_s, 3),
             "client_migrate_info_sent": self.client_migrate_info_sent,
+            "origin": round(self.origin, 6),
             "actions": self.actions,
         }
 
@@ -93,16 +116,27 @@ class SpiceGuard:
         self.cfg = config
         self.notify = notify or (lambda kind, **data: None)
         self.report = GuardReport()
+        self.policy = GuardPolicy(
+            PolicyConfig(
+                resend_after_s=config.resend_after_s,
+                give_up_s=config.give_up_s,
+                settle_s=config.settle_s,
+            )
+        )
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._transfer_started: float | None = None
-        self._hold_since: float | None = None
-        self._last_cmi: float | None = None
+        self._lock = threading.Lock()  # the loop and stop() both act
         self._dst_port: int | None = None
-        self._stable_since: float | None = None
+        self._dst_closed: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        self.report.origin = time.monotonic() - self.m.elapsed()
+        try:
+            self.m.dst.setKeepAlive(*KEEPALIVE)
+            self.m.dst.registerCloseCallback(self._on_dst_close, None)
+        except libvirt.libvirtError as e:  # the loop notices a dead destination anyway
+            log.debug("destination keepalive: %s", e)
         self._thread = threading.Thread(target=self._loop, name="spice-guard", daemon=True)
         self._thread.start()
 
@@ -110,125 +144,126 @@ class SpiceGuard:
         self._stop.set()
         if self._thread:
             self._thread.join(10)
-        if self._hold_since is not None:
-            self._release("migration ended while holding")
-        if self.report.result == "watching":
-            self.report.result = "not-needed"
+        with self._lock:
+            if self.policy.holding and not self.m.done:  # stopped while the job runs
+                self._do(self.policy.fail(self.m.elapsed(), "the guard was stopped"))
+            self._do(self.policy.migration_ended(self.m.elapsed()))
+        try:
+            self.m.dst.unregisterCloseCallback()
+        except libvirt.libvirtError as e:
+            log.debug("unregister close callback: %s", e)
         return self.report
 
-    def _act(self, action: str, **detail: Any) -> None:
-        entry = {"t": round(self.m.elapsed(), 3), "action": action, **detail}
-        self.report.actions.append(entry)
-        log.info("guard: %s %s", action, detail)
-        self.notify(f"guard.{action}", **detail)
+    def _on_dst_close(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        self._dst_closed = f"the destination's libvirtd connection closed (reason {reason})"
 
-    # -- the policy ----------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set() and not self.m.done:
+    # -- observation -------------------------------------------------------------------
+    def _fault(self) -> str | None:
+        """Why the guard can no longer trust what it sees, or None."""
+        if self._dst_closed:
+            return self._dst_closed
+        if not event_loop_alive():
+            return "the libvirt event stream is lost (its loop thread ended)"
+        for name, conn in (("source", self.m.src), ("destination", self.m.dst)):
             try:
-                self._tick()
-            except libvirt.libvirtError as e:
-                if self.m.done:
-                    break
-                log.debug("guard tick: %s", e)
-            self._stop.wait(0.1)
-
-    def _client_on(self, host: str) -> int:
-        return self.events.client_channels_on(host, self.cfg.client_addr)
-
-    def _client_rtt_s(self) -> float:
-        """The client's round trip to the destination: the longest connect -> initialize
-        of its channels there (the SPICE link handshake is one round trip)."""
-        connects: dict[str, float] = {}
-        rtt = 0.0
-        for e in self.events.events(self.dst, kind="graphics"):
-            if not e.remote or e.remote[0] != self.cfg.client_addr:
-                continue
-            if e.phase == "connect":
-                connects[e.remote[1]] = e.t
-            elif e.phase == "initialize" and e.remote[1] in connects:
-                rtt = max(rtt, e.t - connects[e.remote[1]])
-        return rtt
-
-    def _first_src_connect(self) -> float | None:
-        for e in self.events.events(self.src, kind="graphics"):
-            if e.remote and e.remote[0] == self.cfg.client_addr and e.phase == "initialize":
-                return e.t
+                alive = conn.isAlive()
+            except libvirt.libvirtError:
+                alive = False
+            if not alive:
+                return f"the {name}'s libvirtd connection is dead (keepalive lost or closed)"
         return None
 
-    def _tick(self) -> None:
-        if self._transfer_started is None:
-            s = self.m.stats()
-            if s.get("memory_processed") or s.get("data_processed"):
-                # libvirt sent its own client_migrate_info just before the transfer began
-                self._transfer_started = time.monotonic()
-                self._act("transfer-started")
-            else:
-                return
-        on_src, on_dst = self._client_on(self.src), self._client_on(self.dst)
-        now = time.monotonic()
-        if self._hold_since is None:
-            if on_src > 0 and on_dst < on_src:
-                self._hold(on_src, on_dst)
-                first = self._first_src_connect()
-                if first is not None and first >= self._transfer_started:
-                    self._send_client_migrate_info("client connected after the migration began")
-            return
-        # holding
-        if on_dst >= max(on_src, 1):
-            self._stable_since = self._stable_since or now
-            # the destination counts a channel once its link handshake is done, but the
-            # client still has to tell the source it is ready (one more trip over its
-            # link): wait two of the client's round trips, as the destination measured it
-            rtt = self._client_rtt_s()
-            if now - self._stable_since >= self.cfg.settle_s + 2 * rtt:
-                self._release(
-                    f"client has {on_dst} channel(s) on {self.dst} "
-                    f"(its round trip there: {rtt * 1000:.0f} ms)"
-                )
-                self.report.result = "released"
-            return
-        self._stable_since = None
-        if on_src == 0 and on_dst == 0:
-            self._release("the client left")
-            self.report.result = "released"
-            return
-        if now - self._hold_since > self.cfg.give_up_s:
-            self._release(f"client not on {self.dst} after {self.cfg.give_up_s:.0f} s")
-            self.report.result = "gave-up"
-            self._stop.set()
-            return
-        since = self._last_cmi if self._last_cmi is not None else self._hold_since
-        if now - since > self.cfg.resend_after_s:
-            self._send_client_migrate_info("spice-server's connect timeout lapsed")
+    def _transferring(self) -> bool:
+        if self.policy.transfer_started is not None:
+            return True
+        s = self.m.stats()
+        return bool(s.get("memory_processed") or s.get("data_processed"))
 
-    def _hold(self, on_src: int, on_dst: int) -> None:
-        self.m.set_bandwidth(self.cfg.hold_bandwidth_mib)
-        self.m.dom.migrateSetMaxDowntime(self.cfg.hold_downtime_ms, 0)
-        self._hold_since = time.monotonic()
-        self._act(
-            "hold",
-            client_channels_src=on_src,
-            client_channels_dst=on_dst,
-            bandwidth_mib=self.cfg.hold_bandwidth_mib,
-            downtime_ms=self.cfg.hold_downtime_ms,
-        )
-
-    def _release(self, why: str) -> None:
-        if self._hold_since is None:
-            return
-        held = time.monotonic() - self._hold_since
-        self.report.held_s += held
-        self._hold_since = None
-        bw = self.m.options.bandwidth_mib or UNLIMITED_MIB
-        downtime = self.m.options.max_downtime_ms or DEFAULT_DOWNTIME_MS
-        if not self.m.done:
+    def _loop(self) -> None:
+        while not self._stop.is_set() and not self.m.done and not self.policy.settled:
             try:
-                self.m.dom.migrateSetMaxDowntime(downtime, 0)
-                self.m.set_bandwidth(bw)
+                fault = self._fault()
+                obs = observe(
+                    self.events.events(),
+                    src=self.src,
+                    dst=self.dst,
+                    client_addr=self.cfg.client_addr,
+                    now=time.monotonic(),
+                    origin=self.report.origin,
+                    transferring=fault is None and self._transferring(),
+                    fault=fault,
+                )
+                with self._lock:
+                    if self.m.done:
+                        break
+                    self._do(self.policy.step(obs))
+            except Exception as e:  # noqa: BLE001 - fail safe on anything
+                if self.m.done:
+                    break
+                log.warning("guard: %s: releasing", e)
+                with self._lock:
+                    self._do(self.policy.fail(self.m.elapsed(), f"{type(e).__name__}: {e}"))
+            self._stop.wait(0.1)
+
+    # -- actions (libvirt calls) ---------------------------------------------------------
+    def _do(self, actions: list[Action]) -> None:
+        for a in actions:
+            detail: dict[str, Any] = {}
+            if a.kind == "hold":
+                detail = self._hold(a)
+            elif a.kind == "release":
+                detail = self._restore()
+            elif a.kind == "client_migrate_info":
+                try:
+                    detail = self._send_client_migrate_info()
+                except Exception as e:  # noqa: BLE001 - a failed resend must not keep the hold
+                    self._act(a, ok=False, error=f"{type(e).__name__}: {e}")
+                    self._do(self.policy.fail(self.m.elapsed(), f"client_migrate_info: {e}"))
+                    continue
+            self._act(a, **detail)
+        self.report.result, self.report.reason = self.policy.result, self.policy.reason
+        self.report.held_s = self.policy.held_s
+
+    def _act(self, a: Action, **detail: Any) -> None:
+        entry: dict[str, Any] = {"t": round(a.t, 3), "action": a.kind}
+        if a.why:
+            entry["why"] = a.why
+        entry.update(detail)
+        self.report.actions.append(entry)
+        log.info("guard: %s %s", a.kind, detail)
+        # the timeline stamps its own time (since the scenario began); t here is the migration's
+        shown = {k: v for k, v in entry.items() if k not in ("t", "action")}
+        self.notify(f"guard.{a.kind}", **shown)
+
+    def _hold(self, a: Action) -> dict[str, Any]:
+        self.m.set_bandwidth(self.cfg.hold_bandwidth_mib)
+        self.m.dom.migrateSetMaxDowntime(int(self.cfg.hold_downtime_ms), 0)
+        return {
+            "client_channels_src": a.on_src,
+            "client_channels_dst": a.on_dst,
+            "bandwidth_mib": self.cfg.hold_bandwidth_mib,
+            "downtime_ms": self.cfg.hold_downtime_ms,
+        }
+
+    def _restore(self) -> dict[str, Any]:
+        """The migration's own bandwidth and downtime back; each call tried on its own."""
+        bw = int(self.m.options.bandwidth_mib or UNLIMITED_MIB)
+        downtime = int(self.m.options.max_downtime_ms or DEFAULT_DOWNTIME_MS)
+        detail: dict[str, Any] = {"bandwidth_mib": bw, "downtime_ms": downtime}
+        if self.m.done:
+            return detail
+        errors = []
+        for what, call in (
+            ("downtime", lambda: self.m.dom.migrateSetMaxDowntime(downtime, 0)),
+            ("bandwidth", lambda: self.m.set_bandwidth(bw)),
+        ):
+            try:
+                call()
             except libvirt.libvirtError as e:
-                log.debug("release after the end: %s", e)
-        self._act("release", why=why, held_s=round(held, 3), bandwidth_mib=bw)
+                errors.append(f"{what}: {e}")
+        if errors and not self.m.done:
+            detail["restore_errors"] = errors
+        return detail
 
     def _destination_port(self) -> int:
         if self._dst_port is None:
@@ -239,20 +274,20 @@ class SpiceGuard:
             self._dst_port = int(m.group(1))
         return self._dst_port
 
-    def _send_client_migrate_info(self, why: str) -> None:
-        port = self._destination_port()
-        cmd = json.dumps(
-            {
-                "execute": "client_migrate_info",
-                "arguments": {
-                    "protocol": "spice",
-                    "hostname": self.cfg.dst_display_addr,
-                    "port": port,
-                },
-            }
-        )
+    def _send_client_migrate_info(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"protocol": "spice", "hostname": self.cfg.dst_display_addr}
+        if self.cfg.tls_port is not None:
+            args["tls-port"] = self.cfg.tls_port
+            if self.cfg.cert_subject:
+                args["cert-subject"] = self.cfg.cert_subject
+        if self.cfg.tls_port is None or self._has_plain_port():
+            args["port"] = self._destination_port()
+        cmd = json.dumps({"execute": "client_migrate_info", "arguments": args})
         answer = libvirt_qemu.qemuMonitorCommand(self.m.dom, cmd, 0)
-        self._last_cmi = time.monotonic()
         self.report.client_migrate_info_sent += 1
-        ok = '"return"' in answer
-        self._act("client_migrate_info", why=why, host=self.cfg.dst_display_addr, port=port, ok=ok)
+        shown = {k: v for k, v in args.items() if k != "protocol"}
+        return {"host": shown.pop("hostname"), **shown, "ok": '"return"' in answer}
+
+    def _has_plain_port(self) -> bool:
+        xml = self.m.dst.lookupByName(self.m.name).XMLDesc(0)
+        return re.search(r"<graphics type='spice' port='\d+'", xml) is not None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import PurePath
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
 
@@ -32,6 +32,7 @@ class DomainSpec:
     initrd: PurePath | None = None
     cmdline: str = ""
     disk: PurePath | None = None
+    spice_ticket: str | None = None  # the display's password; None: no ticket (not for labs)
 
     @property
     def serial_path(self) -> str:
@@ -62,6 +63,8 @@ def domain_xml(spec: DomainSpec) -> str:
         if dtype == "kvm"
         else ""
     )
+    # libvirt hands the ticket to QEMU as an encrypted secret, never on its command line
+    ticket = f" passwd={quoteattr(spec.spice_ticket)}" if spec.spice_ticket else ""
     return f"""<domain type='{dtype}'>
   <name>{escape(spec.name)}</name>
   <memory unit='MiB'>{spec.memory_mib}</memory>
@@ -77,7 +80,7 @@ def domain_xml(spec: DomainSpec) -> str:
     <emulator>{escape(spec.emulator)}</emulator>
     {disk}
     <serial type='file'><source path='{spec.serial_path}' append='on'/><target port='0'/></serial>
-    <graphics type='spice' autoport='yes'>
+    <graphics type='spice' autoport='yes'{ticket}>
       <listen type='address'/>
     </graphics>
     <video><model type='qxl'/></video>

@@ -27,3 +27,8 @@ def ensure_event_loop() -> None:
             libvirt.virEventRegisterDefaultImpl()
             _thread = threading.Thread(target=_run, name="libvirt-events", daemon=True)
             _thread.start()
+
+
+def event_loop_alive() -> bool:
+    """False once the loop thread has ended (no more events will come)."""
+    return _thread is None or _thread.is_alive()

@@ -8,6 +8,7 @@ scenario and where that variable was set.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from testbed.errors import InputError
 from testbed.model.playbook.checks import NAME_RE, NAME_RULE, fail_at
-from testbed.model.playbook.spec import PlaybookSpec, Scenario
+from testbed.model.playbook.spec import MAX_SCENARIOS, PlaybookSpec, Scenario
 from testbed.model.playbook.steps import (
     PROFILE_KEYS,
     STEP_TYPES,
@@ -70,6 +71,14 @@ def _matrix_drafts(pb: PlaybookSpec, doc: YamlDoc) -> list[_Draft]:
             return []
         values, origins = _defaults(pb)
         return [_Draft(pb.name, {}, values, origins, ("name",))]
+    combos = math.prod(len(v) for v in pb.matrix.values())
+    if combos > MAX_SCENARIOS:
+        raise InputError(
+            f"the matrix makes {combos:,} scenarios (the limit is {MAX_SCENARIOS:,})",
+            file=doc.file,
+            line=doc.line_of(("matrix",)),
+            field="matrix",
+        )
     drafts = []
     for combo in itertools.product(*(list(v) for v in pb.matrix.values())):
         params = dict(zip(pb.matrix, combo, strict=True))

@@ -10,6 +10,9 @@ from pydantic import Field
 
 from testbed.model.playbook.steps import Expectation, Step, Strict
 
+MAX_STEPS = 2_000  # a playbook's steps (a scenario of more is not a test a person reads)
+MAX_SCENARIOS = 1_000  # scenarios a matrix may expand to
+
 
 class ScenarioSpec(Strict):
     """An explicit scenario: a name and the variables it sets."""
@@ -29,7 +32,9 @@ class PlaybookSpec(Strict):
     name_format: str | None = None
     exclude: list[dict[str, str]] = Field(default_factory=list)
     extra_scenarios: list[ScenarioSpec] = Field(default_factory=list, alias="scenarios")
-    steps: list[Any] = Field(min_length=1, description="one-key mappings, checked by kind")
+    steps: list[Any] = Field(
+        min_length=1, max_length=MAX_STEPS, description="one-key mappings, checked by kind"
+    )
     source: str | None = Field(None, exclude=True)
 
     def axes(self) -> dict[str, list[str]]:
