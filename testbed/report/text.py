@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-EXPECT_ORDER = ("outcome", "usbredir", "migration", "max_unresponsive_ms")
+EXPECT_ORDER = ("outcome", "usbredir", "migration", "max_frozen_ms")
 
 
 def expected_text(s: dict[str, Any]) -> str:
@@ -24,7 +24,7 @@ def got_text(s: dict[str, Any]) -> str:
         f"outcome={s.get('outcome')}",
         f"usbredir={client.get('usbredir')}",
         f"migration={mig.get('result')}",
-        f"unresponsive_ms={client.get('unresponsive_ms')}",
+        f"frozen_ms={client.get('frozen_ms')}",
     ]
     if s.get("error"):
         parts.append(f"error={s['error']}")
