@@ -25,9 +25,10 @@ MAX_EMBED_BYTES = 400_000  # a screenshot larger than this is linked, not embedd
 SCREENSHOTS = ("screenshot_before", "screenshot_after")
 
 CSS = """
-body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1200px}
-h1 .v,h3 .v{font-size:.7em;padding:.1em .5em;border-radius:.3em;color:#fff;vertical-align:middle}
-.PASS{background:#2e7d32}.FAIL{background:#c62828}.ERROR{background:#6d4c41}
+body{font-family:sans-serif;margin:1.5em;color:#1a1a1a;background:#fff;max-width:1200px}
+.v{padding:.1em .5em;border-radius:.3em;color:#fff;vertical-align:middle;white-space:nowrap}
+h1 .v,h3 .v{font-size:.7em}
+.v.PASS{background:#2e7d32}.v.FAIL{background:#c62828}.v.ERROR{background:#6d4c41}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em}
 th{background:#f3f3f3}
 table.matrix td{text-align:center;min-width:7em}
@@ -37,9 +38,11 @@ table.matrix td a{color:inherit;text-decoration:none;display:block}
 table.matrix small{display:block;color:#555}
 section.scenario{border-top:2px solid #ddd;margin-top:1.5em}
 pre.why{background:#fff3f3;border-left:4px solid #c62828;padding:.5em;white-space:pre-wrap}
-.meta,.dim{color:#666}figure{display:inline-block;margin:.3em 1em .3em 0}
-figure img{max-width:420px;border:1px solid #ccc}figcaption{color:#666;font-size:.85em}
-pre{font-size:.8em;overflow-x:auto}
+.meta,.dim{color:#444}figure{display:inline-block;margin:.3em 1em .3em 0;max-width:100%}
+figure img{max-width:420px;border:1px solid #ccc}figcaption{color:#333;font-size:.85em}
+svg.timeline{max-width:100%;height:auto}
+pre{font-size:.8em;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
+td{overflow-wrap:anywhere}
 """
 
 JS = """
@@ -147,7 +150,8 @@ def _matrix_cell(s: dict[str, Any] | None, anchors: dict[str, str]) -> str:
 def _summary(scenarios: list[dict[str, Any]], ids: list[str]) -> str:
     head = (
         "<tr><th>scenario</th><th>expected</th><th>outcome</th><th>usbredir</th>"
-        "<th>migration s</th><th>downtime ms</th><th>unresponsive ms</th><th>guard</th>"
+        "<th>migration s</th><th>downtime ms</th><th>frozen ms</th><th>guest stall ms</th>"
+        "<th>guard</th>"
         "<th>verdict</th></tr>"
     )
     rows = [head]
@@ -162,9 +166,10 @@ def _summary(scenarios: list[dict[str, Any]], ids: list[str]) -> str:
             escape(str(client.get("usbredir") or "-")),
             escape(str(mig.get("duration_s") or "-")),
             escape(str(mig.get("downtime_ms") if mig.get("downtime_ms") is not None else "-")),
-            escape(str(client.get("unresponsive_ms") or "-")),
+            escape(_ms(client.get("frozen_ms"))),
+            escape(_ms((s.get("guest") or {}).get("switchover_stall_ms"))),
             escape(g),
-            f'<span class="v {v}" style="color:#fff;padding:0 .4em">{v}</span>',
+            f'<span class="v {v}">{v}</span>',
         ]
         rows.append(f'<tr class="{v}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -210,6 +215,7 @@ def _facts(s: dict[str, Any]) -> str:
             f"{mig.get('downtime_ms')} ms, {(mig.get('bytes') or 0) / 2**20:.0f} MiB",
         ),
         ("client", _client_text(client)),
+        ("guest", _guest_text(s.get("guest") or {})),
     ]
     if guard:
         acts = ", ".join(str(a.get("action")) for a in guard.get("actions") or [])
@@ -236,7 +242,24 @@ def _client_text(client: dict[str, Any]) -> str:
         when = f"connected {-at:g} s before the migration started"
     else:
         when = f"connected {at:g} s after the migration started (at {pct} %)"
-    return f"{when}; unresponsive {client.get('unresponsive_ms')} ms"
+    lag = client.get("lag_ms") or {}
+    lag_s = f"lag p50 {lag.get('p50')} / p99 {lag.get('p99')} / max {lag.get('max')} ms"
+    return (
+        f"{when}; frozen {_ms(client.get('frozen_ms'))} ms around the switchover; "
+        f"{lag_s if lag else 'lag not measured'}; longest display gap (guest or client) "
+        f"{_ms(client.get('unresponsive_ms'))} ms"
+    )
+
+
+def _guest_text(guest: dict[str, Any]) -> str:
+    return (
+        f"stalled {_ms(guest.get('switchover_stall_ms'))} ms at the switchover, longest "
+        f"stall {_ms(guest.get('stall_ms'))} ms"
+    )
+
+
+def _ms(v: object) -> str:
+    return f"{v:g}" if isinstance(v, int | float) else "-"
 
 
 def _screenshots(run: Run, s: dict[str, Any]) -> str:

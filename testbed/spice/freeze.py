@@ -39,6 +39,7 @@ GRID_S = 0.01  # the sampler's rate, 100 Hz
 BASE_PERCENTILE = 10
 LIVE_SLACK_S = 0.1  # "live again": a new frame whose lag is within this of the base lag
 BEFORE_SWITCHOVER_S = 5.0
+SWITCHOVER_SEARCH_S = 5.0  # the switchover's guest stall lies this long before the job's end
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,13 @@ def analyse(
     end: float,
     switchover: float | None,
 ) -> FreezeReport:
-    """The whole reading for one scenario; `switchover` is when the migration ended."""
+    """The whole reading for one scenario; `switchover` is when the migration job ended.
+
+    The switchover itself is the end of the longest guest stall in the
+    SWITCHOVER_SEARCH_S before the job's end (libvirt reports the end seconds after
+    the guest resumed on the destination); the freeze window runs from
+    BEFORE_SWITCHOVER_S before it until the client shows a live frame after it.
+    """
     emitted = emission_times(arrivals)
     stalls = guest_stalls(emitted)
     lag = lag_series(frames, emitted, end)
@@ -233,12 +240,14 @@ def analyse(
     base = base_lag(frames, emitted)
     frozen = window = sw_stall = None
     if switchover is not None:
-        t0 = switchover - BEFORE_SWITCHOVER_S
-        t1 = live_again(frames, emitted, switchover) or end
+        # the guest's pause at the switchover: libvirt's job ends seconds after it
+        near = [s for s in stalls if s.overlaps(switchover - SWITCHOVER_SEARCH_S, switchover + 0.2)]
+        sw_stall = max(near, key=lambda s: s.end - s.start, default=None)
+        at = sw_stall.end if sw_stall else switchover
+        t0 = at - BEFORE_SWITCHOVER_S
+        t1 = live_again(frames, emitted, at) or end
         window = (t0, t1)
         frozen = longest(client_freezes(frames, emitted, end), t0, t1)
-        near = [s for s in stalls if s.overlaps(switchover - 2.0, switchover + 0.2)]
-        sw_stall = max(near, key=lambda s: s.end - s.start, default=None)
     longest_stall = longest(stalls)
     return FreezeReport(
         frozen_ms=None if window is None else (frozen.ms if frozen else 0.0),

@@ -292,6 +292,18 @@ class DisplayWatcher:
         return len(inside) / (t1 - t0) if t1 > t0 else 0.0
 
 
+def read_frames(path: Path) -> list[tuple[float, int | None]]:
+    """The `F`/`U` lines of a watcher's file (`stop` wrote it, our clock) as frames."""
+    out: list[tuple[float, int | None]] = []
+    for line in path.read_text().splitlines():
+        p = line.split()
+        if len(p) >= 3 and p[0] == "F":
+            out.append((float(p[1]), int(p[2])))
+        elif len(p) >= 2 and p[0] == "U":
+            out.append((float(p[1]), None))
+    return out
+
+
 def longest_gap(
     changes: list[float],
     window: tuple[float, float] | None,
