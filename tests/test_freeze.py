@@ -116,3 +116,23 @@ def test_bright_mask_reads_zpixmap_rows() -> None:
     grey, blue, white = (0xAA, 0xAA, 0xAA), (0xAA, 0, 0), (0xFF, 0xFF, 0xFF)  # B, G, R
     data = b"".join(bytes([*px, 0]) for px in (grey, blue, white, (0, 0, 0)))
     assert barcode.bright_mask(data, 4) == bytes([1, 0, 1, 0])
+
+
+def test_a_seamless_switchover_reads_its_downtime_not_a_long_freeze() -> None:
+    """late-client/fix-on of bug-884631 (seamless; libvirt's downtime 81 ms)."""
+    arrivals, frames, switchover, end = _load("scenario-late-client-fix-on")
+    r = freeze.analyse(arrivals, frames, end, switchover)
+    assert r.switchover_stall is not None and 81 <= r.switchover_stall.ms < 400
+    # the switchover is the guest's pause, seconds before libvirt's job ended
+    assert r.window is not None and r.window[1] < switchover
+    assert r.frozen_ms is not None and r.frozen_ms < 81 + 1000  # downtime + 1 s
+    assert r.lag_ms is not None and r.lag_ms["p50"] < 150
+
+
+def test_a_switch_host_over_a_slow_link_reads_the_reconnect() -> None:
+    """slow-dst/fix-off of bug-884631 (switch-host over a 1 s one-way client -> dst link)."""
+    arrivals, frames, switchover, end = _load("scenario-slow-dst-fix-off")
+    r = freeze.analyse(arrivals, frames, end, switchover)
+    assert r.frozen is not None and r.frozen_ms is not None and r.frozen_ms > 10_000
+    assert r.switchover_stall is not None and r.switchover_stall.ms < 500  # not the guest
+    assert r.window is not None and r.frozen.end <= r.window[1]
