@@ -198,14 +198,14 @@ def test_without_matrix_there_is_one_scenario_named_after_the_playbook(tmp_path:
     steps:
       - wait: {until: 2s}
       - expect: {migration: completed}
-      - expect: {max_unresponsive: 1.5s}
+      - expect: {max_frozen: 1.5s}
     """
     (s,) = load_playbook(write(tmp_path, text)).scenarios()
     assert s.name == "simple" and s.params == {} and s.outcome is None
     assert s.steps[0].until == Condition(kind="time", value=2000.0)
     assert s.steps[0].timeout_ms is None
     assert s.expect is not None
-    assert (s.expect.migration, s.expect.max_unresponsive_ms) == ("completed", 1500.0)
+    assert (s.expect.migration, s.expect.max_frozen_ms) == ("completed", 1500.0)
 
 
 def test_yaml_11_booleans_stay_names(tmp_path: Path) -> None:

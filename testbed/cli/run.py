@@ -26,7 +26,7 @@ def verdict_table(run: RunResult) -> Table:
         "outcome",
         "usbredir",
         "migration s",
-        "unresponsive ms",
+        "frozen ms",
         "guard",
         "verdict",
         title=f"{Path(run.playbook).name} on {Path(run.topology).name}",
@@ -43,7 +43,7 @@ def scenario_row(s: ScenarioResult) -> list[str]:
         str(s.outcome or "-"),
         str(s.client.usbredir or "-"),
         str(s.migration.duration_s or "-"),
-        str(s.client.unresponsive_ms or "-"),
+        "-" if s.client.frozen_ms is None else f"{s.client.frozen_ms:g}",
         guard_text(s),
         verdict_mark(s.verdict),
     ]

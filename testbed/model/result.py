@@ -29,7 +29,7 @@ class Expected(_Part):
 
     outcome: Outcome | None = None
     usbredir: UsbRedir | None = None
-    max_unresponsive_ms: float | None = None
+    max_frozen_ms: float | None = None
     migration: MigrationResult | None = None
 
     def given(self) -> dict[str, Any]:
@@ -44,13 +44,52 @@ class MigrationSummary(_Part):
     bytes: int | None = None
 
 
+class Stretch(_Part):
+    """A span of the scenario, in seconds since it started."""
+
+    start_s: float
+    end_s: float
+    ms: float
+
+
+class LagStats(_Part):
+    p50: float
+    p99: float
+    max: float
+
+
 class ClientSummary(_Part):
     connected_at_s: float | None = Field(None, description="seconds after the migration started")
     connected_at_progress: float | None = Field(
         None, description="migration progress (%) when the client connected"
     )
-    unresponsive_ms: float | None = None
+    unresponsive_ms: float | None = Field(
+        None,
+        description="the longest gap between any two display changes around the switchover, "
+        "whoever stalled (guest or client); kept for comparison, the verdict reads frozen_ms",
+    )
     usbredir: UsbRedir | None = None
+    frozen_ms: float | None = Field(
+        None,
+        description="from the guest's heartbeat: the longest stretch in the switchover window "
+        "(5 s before it until the client shows live frames again) where the client kept an "
+        "old frame although a newer one existed",
+    )
+    frozen: Stretch | None = Field(None, description="that longest freeze")
+    freeze_window: list[float] | None = Field(None, description="[start_s, end_s]")
+    lag_ms: LagStats | None = Field(None, description="the client's lag once it showed a frame")
+    base_lag_ms: float | None = Field(None, description="the lag at a frame change, idle")
+    lag_trace: list[list[float]] = Field(
+        default_factory=list, description="[[s since start, lag ms]], the largest per 0.1 s"
+    )
+
+
+class GuestSummary(_Part):
+    """Stretches with no new heartbeat emitted (downtime, TCG starvation, a paused guest)."""
+
+    stall_ms: float | None = Field(None, description="the longest")
+    switchover_stall_ms: float | None = Field(None, description="the one at the switchover")
+    stalls: list[Stretch] = Field(default_factory=list)
 
 
 class GuardAction(BaseModel):
@@ -64,10 +103,14 @@ class GuardAction(BaseModel):
 
 class GuardReport(_Part):
     result: str = Field(
-        "watching", description="watching, not-needed, released, gave-up, migration-ended"
+        "watching",
+        description="watching, not-needed, released, held, gave-up, failed-released "
+        "(testbed.spice.guard_policy)",
     )
+    reason: str = ""
     held_s: float = 0.0
     client_migrate_info_sent: int = 0
+    origin: float = Field(0.0, description="the migration's start on the server events' clock")
     actions: list[GuardAction] = Field(default_factory=list)
 
 
@@ -82,6 +125,7 @@ class ScenarioResult(_Part):
     duration_s: float | None = None
     migration: MigrationSummary = Field(default_factory=MigrationSummary)
     client: ClientSummary = Field(default_factory=ClientSummary)
+    guest: GuestSummary = Field(default_factory=GuestSummary)
     guard: GuardReport | None = None
     links: list[dict[str, str]] = Field(default_factory=list)
     hosts: dict[str, str] = Field(default_factory=dict, description="host -> how it was reached")

@@ -15,7 +15,7 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 
-from testbed.model.result import ClientSummary, ScenarioResult
+from testbed.model.result import ClientSummary, GuestSummary, ScenarioResult
 from testbed.report.load import Run, artifact_path, scenario_dir
 from testbed.report.matrix import Matrix, outcome_matrix
 from testbed.report.svg import timeline_svg
@@ -31,9 +31,10 @@ MAX_EMBED_BYTES = 400_000  # a screenshot larger than this is linked, not embedd
 SCREENSHOTS = ("screenshot_before", "screenshot_after")
 
 CSS = """
-body{font-family:sans-serif;margin:1.5em;color:#222;max-width:1200px}
-h1 .v,h3 .v{font-size:.7em;padding:.1em .5em;border-radius:.3em;color:#fff;vertical-align:middle}
-.PASS{background:#2e7d32}.FAIL{background:#c62828}.ERROR{background:#6d4c41}
+body{font-family:sans-serif;margin:1.5em;color:#1a1a1a;background:#fff;max-width:1200px}
+.v{padding:.1em .5em;border-radius:.3em;color:#fff;vertical-align:middle;white-space:nowrap}
+h1 .v,h3 .v{font-size:.7em}
+.v.PASS{background:#2e7d32}.v.FAIL{background:#c62828}.v.ERROR{background:#6d4c41}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em}
 th{background:#f3f3f3}
 table.matrix td{text-align:center;min-width:7em}
@@ -43,9 +44,11 @@ table.matrix td a{color:inherit;text-decoration:none;display:block}
 table.matrix small{display:block;color:#555}
 section.scenario{border-top:2px solid #ddd;margin-top:1.5em}
 pre.why{background:#fff3f3;border-left:4px solid #c62828;padding:.5em;white-space:pre-wrap}
-.meta,.dim{color:#666}figure{display:inline-block;margin:.3em 1em .3em 0}
-figure img{max-width:420px;border:1px solid #ccc}figcaption{color:#666;font-size:.85em}
-pre{font-size:.8em;overflow-x:auto}
+.meta,.dim{color:#444}figure{display:inline-block;margin:.3em 1em .3em 0;max-width:100%}
+figure img{max-width:420px;border:1px solid #ccc}figcaption{color:#333;font-size:.85em}
+svg.timeline{max-width:100%;height:auto}
+pre{font-size:.8em;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
+td{overflow-wrap:anywhere}
 """
 
 JS = """
@@ -151,7 +154,8 @@ def _matrix_cell(s: ScenarioResult | None, anchors: dict[str, str]) -> str:
 def _summary(scenarios: list[ScenarioResult], ids: list[str]) -> str:
     head = (
         "<tr><th>scenario</th><th>expected</th><th>outcome</th><th>usbredir</th>"
-        "<th>migration s</th><th>downtime ms</th><th>unresponsive ms</th><th>guard</th>"
+        "<th>migration s</th><th>downtime ms</th><th>frozen ms</th><th>guest stall ms</th>"
+        "<th>guard</th>"
         "<th>verdict</th></tr>"
     )
     rows = [head]
@@ -165,9 +169,10 @@ def _summary(scenarios: list[ScenarioResult], ids: list[str]) -> str:
             escape(str(client.usbredir or "-")),
             escape(str(mig.duration_s or "-")),
             escape(str(mig.downtime_ms if mig.downtime_ms is not None else "-")),
-            escape(str(client.unresponsive_ms or "-")),
+            escape(_ms(client.frozen_ms)),
+            escape(_ms(s.guest.switchover_stall_ms)),
             escape(guard_text(s)),
-            f'<span class="v {v}" style="color:#fff;padding:0 .4em">{v}</span>',
+            f'<span class="v {v}">{v}</span>',
         ]
         rows.append(f'<tr class="{v}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "<table>" + "".join(rows) + "</table>"
@@ -213,6 +218,7 @@ def _facts(s: ScenarioResult) -> str:
             f"{mig.downtime_ms} ms, {(mig.bytes or 0) / 2**20:.0f} MiB",
         ),
         ("client", _client_text(client)),
+        ("guest", _guest_text(s.guest)),
     ]
     if guard:
         acts = ", ".join(a.action for a in guard.actions)
@@ -239,7 +245,23 @@ def _client_text(client: ClientSummary) -> str:
         when = f"connected {-at:g} s before the migration started"
     else:
         when = f"connected {at:g} s after the migration started (at {pct} %)"
-    return f"{when}; unresponsive {client.unresponsive_ms} ms"
+    lag = client.lag_ms
+    lag_s = f"lag p50 {lag.p50} / p99 {lag.p99} / max {lag.max} ms" if lag else "lag not measured"
+    return (
+        f"{when}; frozen {_ms(client.frozen_ms)} ms around the switchover; "
+        f"{lag_s}; longest display gap (guest or client) {_ms(client.unresponsive_ms)} ms"
+    )
+
+
+def _guest_text(guest: GuestSummary) -> str:
+    return (
+        f"stalled {_ms(guest.switchover_stall_ms)} ms at the switchover, longest "
+        f"stall {_ms(guest.stall_ms)} ms"
+    )
+
+
+def _ms(v: object) -> str:
+    return f"{v:g}" if isinstance(v, int | float) else "-"
 
 
 def _screenshots(run: Run, s: ScenarioResult) -> str:

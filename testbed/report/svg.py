@@ -1,7 +1,9 @@
 """One scenario's timeline as inline SVG, drawn from its recorded events alone.
 
 On one time axis: migration progress (a polyline), then a lane each for the lab,
-the links, the client, the guard and the verdict. The switchover (migration.end) is
+the links, the client, the guard and the verdict, then the client's lag (from the
+guest's heartbeat: how old the frame on the client's screen was) with the guest's
+stalls as bands and the guard's hold as a band. The switchover (migration.end) is
 a line through all of them, so one glance shows whether the client was on the
 destination before the switchover and whether the guard held it back. Every mark
 carries a <title> with the event's full data (a hover tooltip, no script needed).
@@ -23,6 +25,9 @@ PLOT_H = 110  # migration progress, 0..100 %
 LANE_H = 24
 LANES = ("lab", "link", "client", "guard", "verdict")
 AXIS_H = 30
+LAG_H = 100  # the client-lag plot
+LAG_GAP = 18  # room for its caption
+CHAR_W = 6.2  # an 11 px sans-serif character, for placing labels so they never overlap
 
 GREEN, RED, GREY, BLUE = "#2e7d32", "#c62828", "#757575", "#1565c0"
 ORANGE, PURPLE = "#ef6c00", "#6a1b9a"
@@ -41,7 +46,11 @@ class _Canvas:
         self.parts: list[str] = []
         self.labels: list[str] = []  # drawn last, over every mark
         self.lanes_top = TOP + PLOT_H + 12
-        self.height = self.lanes_top + LANE_H * len(LANES) + AXIS_H
+        self.lag_top = self.lanes_top + LANE_H * len(LANES) + LAG_GAP
+        self.height = self.lag_top + LAG_H + AXIS_H
+        self.taken: dict[str, list[tuple[float, float]]] = {}  # lane -> x spans in use
+        self.pending: list[tuple[str, float, float, str, str, bool]] = []
+        self.holds: list[tuple[float, float]] = []  # the guard's holds, x spans
 
     def x(self, t: float) -> float:
         return LEFT + (self.width - LEFT - RIGHT) * max(0.0, t) / self.t_end
@@ -81,10 +90,28 @@ class _Canvas:
             )
         else:
             self.add(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4.5" fill="{color}">{tip}</circle>')
-        if label and left and x - 8 - 6.5 * len(label) > LEFT:
-            self.text(x - 8, y + 4, label, color, anchor="end", on_top=True)
-        elif label:
-            self.text(x + 7, y + 4, label, color, on_top=True)
+        self.taken.setdefault(lane, []).append((x - 6, x + 6))
+        if label:  # placed once every mark is down (timeline_svg)
+            self.pending.append((lane, x, y, label, color, left))
+
+    def lane_label(
+        self, lane: str, x: float, y: float, label: str, color: str, prefer_left: bool = False
+    ) -> None:
+        """A label beside its mark where it overlaps no other label or mark of the lane.
+
+        Tried right of the mark, then left; where neither fits it is left out (the
+        mark's tooltip still says it all). Marks drawn later do not move it.
+        """
+        w = CHAR_W * len(label)
+        right = (x + 8, x + 8 + w)
+        left = (x - 8 - w, x - 8)
+        taken = self.taken.setdefault(lane, [])
+        for x0, x1 in (left, right) if prefer_left else (right, left):
+            inside = LEFT <= x0 and x1 <= self.width - 2
+            if inside and not any(a < x1 and x0 < b for a, b in taken):
+                taken.append((x0, x1))
+                self.text(x0, y + 4, label, color, on_top=True)
+                return
 
     def text(
         self,
@@ -96,8 +123,6 @@ class _Canvas:
         on_top: bool = False,
     ) -> None:
         """A label; `on_top` ones are drawn after every mark, with a white halo."""
-        if anchor == "start" and x > self.width - RIGHT - 6 * len(s):
-            x, anchor = x - 14, "end"  # near the right edge: label to the left of its mark
         at = f'x="{x:.1f}" y="{y:.1f}" font-size="11" text-anchor="{anchor}"'
         svg = f'<text {at} fill="{color}">{escape(s)}</text>'
         if on_top:  # a white copy underneath keeps it readable over lines and marks
@@ -111,12 +136,19 @@ def timeline_svg(scenario: ScenarioResult, width: int = WIDTH) -> str:
         (e for e in scenario.timeline if isinstance(e.get("t"), int | float)),
         key=lambda e: e["t"],
     )
-    c = _Canvas(max((e["t"] for e in events), default=1.0) * 1.03, width)
+    trace = [p for p in scenario.client.lag_trace if len(p) == 2]
+    t_end = max([e["t"] for e in events] + [p[0] for p in trace] + [1.0])
+    c = _Canvas(t_end * 1.03, width)
     _frame(c)
     _progress(c, events)
+    _lag_plot(c, scenario, trace)
+    # the marks of every lane first, then their labels, so a label never covers a mark
     for e in events:
         _event(c, e, scenario)
+    for args in c.pending:
+        c.lane_label(*args)
     _guard_spans(c, events)
+    _hold_bands(c, c.lag_top)
     _switchover(c, events)
     label = escape(f"timeline of {scenario.name}")
     return (
@@ -247,7 +279,8 @@ def _span(c: _Canvas, hold: dict[str, Any], t1: float, why: str) -> None:
         f'height="14" fill="{PURPLE}" fill-opacity="0.35" stroke="{PURPLE}">'
         f"<title>{tip}</title></rect>"
     )
-    c.text(x1 + 4, y + 4, "hold", PURPLE, on_top=True)
+    c.holds.append((x0, x1))
+    c.lane_label("guard", x1 - 4, y, "hold", PURPLE)
 
 
 def _switchover(c: _Canvas, events: list[dict[str, Any]]) -> None:
@@ -266,3 +299,68 @@ def _switchover(c: _Canvas, events: list[dict[str, Any]]) -> None:
     what = "switchover" if ok else str(e.get("result"))
     down = f" ({e['downtime_ms']} ms down)" if e.get("downtime_ms") is not None else ""
     c.text(x - 4, TOP + 24, what + down, color, anchor="end", on_top=True)
+
+
+def _lag_plot(c: _Canvas, scenario: ScenarioResult, trace: list[list[float]]) -> None:
+    """The client's lag (ms, the largest per 0.1 s) over time, guest stalls as grey bands."""
+    client, guest = scenario.client, scenario.guest
+    top, right = c.lag_top, c.width - RIGHT
+    c.add(
+        f'<g class="lag-plot"><rect x="{LEFT}" y="{top}" width="{right - LEFT}" '
+        f'height="{LAG_H}" fill="#fafafa" stroke="#ccc"/>'
+    )
+    lag = client.lag_ms
+    caption = "client lag (how old the frame on screen is)"
+    if lag:
+        caption += f": p50 {lag.p50} ms, p99 {lag.p99} ms, max {lag.max} ms"
+    if client.frozen_ms is not None:
+        caption += f"; frozen {client.frozen_ms} ms at the switchover"
+    c.text(LEFT, top - 5, caption, "#222")
+    top_ms = _nice_ceiling(max([p[1] for p in trace] + [100.0]))
+
+    def y(ms: float) -> float:
+        return top + LAG_H * (1 - min(max(ms, 0.0), top_ms) / top_ms)
+
+    for ms in (0, top_ms / 2, top_ms):
+        c.add(
+            f'<line x1="{LEFT}" y1="{y(ms):.1f}" x2="{right}" y2="{y(ms):.1f}" stroke="#e0e0e0"/>'
+        )
+        c.text(LEFT - 6, y(ms) + 4, f"{ms:g} ms", GREY, anchor="end")
+    c.text(4, top + LAG_H / 2 + 4, "client lag", "#222")
+    for st in guest.stalls:
+        x0, x1 = c.x(st.start_s), c.x(st.end_s)
+        tip = escape(f"guest stall {st.start_s:.2f}..{st.end_s:.2f} s: {st.ms} ms")
+        c.add(
+            f'<rect class="stall" x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" '
+            f'height="{LAG_H}" fill="#9e9e9e" fill-opacity="0.35"><title>{tip}</title></rect>'
+        )
+    fz = client.frozen
+    if fz:
+        x0, x1 = c.x(fz.start_s), c.x(fz.end_s)
+        c.add(
+            f'<rect class="frozen" x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1.5):.1f}" '
+            f'height="{LAG_H}" fill="none" stroke="{RED}" stroke-dasharray="3 2">'
+            f"<title>client frozen {escape(str(fz.ms))} ms</title></rect>"
+        )
+    if trace:
+        pts = " ".join(f"{c.x(t):.1f},{y(ms):.1f}" for t, ms in trace)
+        c.add(
+            f'<polyline class="lag" points="{pts}" fill="none" stroke="{ORANGE}" '
+            'stroke-width="1.5"><title>client lag (ms)</title></polyline>'
+        )
+    else:
+        c.text(LEFT + 8, top + LAG_H / 2, "no heartbeat reading", GREY)
+    c.add("</g>")
+
+
+def _hold_bands(c: _Canvas, top: float) -> None:
+    """The guard's holds, drawn through the lag plot too."""
+    for x0, x1 in c.holds:
+        c.add(
+            f'<rect class="hold-band" x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 2):.1f}" '
+            f'height="{LAG_H}" fill="{PURPLE}" fill-opacity="0.12"><title>guard hold</title></rect>'
+        )
+
+
+def _nice_ceiling(ms: float) -> float:
+    return next((v for v in (100, 200, 500, 1000, 2000, 5000, 10000, 20000, 60000) if v >= ms), ms)

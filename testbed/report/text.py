@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from testbed.model.result import ScenarioResult
 
-EXPECT_ORDER = ("outcome", "usbredir", "migration", "max_unresponsive_ms")
+EXPECT_ORDER = ("outcome", "usbredir", "migration", "max_frozen_ms")
 
 
 def expected_text(s: ScenarioResult) -> str:
@@ -23,7 +23,7 @@ def got_text(s: ScenarioResult) -> str:
         f"outcome={s.outcome}",
         f"usbredir={s.client.usbredir}",
         f"migration={s.migration.result}",
-        f"unresponsive_ms={s.client.unresponsive_ms}",
+        f"frozen_ms={s.client.frozen_ms}",
     ]
     if s.error:
         parts.append(f"error={s.error}")

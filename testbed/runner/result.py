@@ -4,6 +4,12 @@ The runner fills a RunResult with one ScenarioResult per scenario and writes it 
 `result.json`; the report layer reads it back with `load_result`.
 """
 
-from testbed.model.result import ClientSummary, MigrationSummary, RunResult, ScenarioResult
+from testbed.model.result import (
+    ClientSummary,
+    GuestSummary,
+    MigrationSummary,
+    RunResult,
+    ScenarioResult,
+)
 
-__all__ = ["ClientSummary", "MigrationSummary", "RunResult", "ScenarioResult"]
+__all__ = ["ClientSummary", "GuestSummary", "MigrationSummary", "RunResult", "ScenarioResult"]

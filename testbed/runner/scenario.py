@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import LabError, TestbedError
-from testbed.lab.guests import finish_migration, migration_for, start_guest
+from testbed.lab.guests import finish_migration, migration_for, serial_path, start_guest
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
 from testbed.lab.pool import leased, pooled_hosts
@@ -44,7 +44,10 @@ from testbed.runner.verdict import judge
 from testbed.spice.classifier import Classification, classify
 from testbed.spice.client import SpiceClient
 from testbed.spice.events import GraphicsEventLog
+from testbed.spice.freeze import analyse
 from testbed.spice.guard import GuardConfig, SpiceGuard
+from testbed.spice.heartbeat import SerialWatcher
+from testbed.spice.heartbeat import write as write_heartbeats
 from testbed.spice.screen import DisplayWatcher, screenshot
 from testbed.virt.migration import Migration
 
@@ -82,6 +85,7 @@ class ScenarioRun:
         self.client: SpiceClient | None = None
         self.client_guest: str | None = None
         self.watcher: DisplayWatcher | None = None
+        self.serials: list[SerialWatcher] = []
         self.pending: list[ConnectClientStep] = []
         self.migration: Migration | None = None
         self.migration_to: str | None = None
@@ -174,6 +178,11 @@ class ScenarioRun:
         self.events = GraphicsEventLog(g.domain)
         for hv in self.lab.topology.hypervisors():
             self.events.watch(hv, self.lab.conn(hv))
+            w = SerialWatcher(  # the heartbeat, wherever the guest runs
+                self.lab.hosts[hv], serial_path(self.lab, hv, g.domain), ledger=self.lab.ledger
+            )
+            w.start()
+            self.serials.append(w)
 
     def _connect_client(self, s: ConnectClientStep) -> None:
         if s.when.kind == "before":
@@ -397,7 +406,26 @@ class ScenarioRun:
                 start = max(start, self.client.connect_t + 1.0)
             gap = self.watcher.longest_gap_ms((start, self.migration_end + after))
             self.result.client.unresponsive_ms = None if gap is None else round(gap, 1)
+        self._read_freeze()
         self.timeline.add("outcome", outcome=c.outcome, usbredir=c.usbredir, reason=c.reason)
+
+    def _read_freeze(self) -> None:
+        """Client freeze and lag, guest stalls: the heartbeat against what the screen showed."""
+        if self.watcher is None or not self.serials:
+            return
+        arrivals = [a for w in self.serials for a in w.arrivals()]
+        write_heartbeats(self.dir / "heartbeat.txt", arrivals)
+        self.result.artifacts["heartbeat"] = str(self.dir / "heartbeat.txt")
+        r = analyse(arrivals, self.watcher.frames(), time.monotonic(), self.migration_end)
+        t0, c, g = self.timeline.t0, self.result.client, self.result.guest
+        c.frozen_ms, c.lag_ms, c.base_lag_ms = r.frozen_ms, r.lag_ms, r.base_lag_ms
+        c.frozen = r.frozen.to_json(t0) if r.frozen else None
+        c.freeze_window = [round(x - t0, 3) for x in r.window] if r.window else None
+        c.lag_trace = r.trace(t0)
+        g.stall_ms = r.stall_ms
+        g.switchover_stall_ms = r.switchover_stall.ms if r.switchover_stall else None
+        longest = sorted(r.stalls, key=lambda s: s.start - s.end)[:50]
+        g.stalls = [s.to_json(t0) for s in sorted(longest, key=lambda s: s.start)]
 
     def _settled_classification(self) -> Classification:
         """Classify once the client has finished what the switchover set off.
@@ -416,6 +444,7 @@ class ScenarioRun:
 
     def _collect_and_tear_down(self) -> None:
         for what, closer in (
+            *(("heartbeat", w.stop) for w in self.serials),
             ("watcher", self.watcher and self.watcher.stop),
             ("client", self.client and self.client.stop),
             ("guard", self.guard and self.guard.stop),

@@ -23,11 +23,9 @@ def judge(result: ScenarioResult, scenario: Scenario) -> None:
             failures.append(f"outcome: expected {exp.outcome}, got {result.outcome}")
         if exp.usbredir is not None and result.client.usbredir != exp.usbredir:
             failures.append(f"usbredir: expected {exp.usbredir}, got {result.client.usbredir}")
-        if exp.max_unresponsive_ms is not None:
-            got = result.client.unresponsive_ms
-            if got is None or got > exp.max_unresponsive_ms:
-                failures.append(
-                    f"unresponsive_ms: expected at most {exp.max_unresponsive_ms:g}, got {got}"
-                )
+        if exp.max_frozen_ms is not None:
+            got = result.client.frozen_ms
+            if got is None or got > exp.max_frozen_ms:
+                failures.append(f"frozen_ms: expected at most {exp.max_frozen_ms:g}, got {got}")
     result.failures = failures
     result.passed = not failures

@@ -35,6 +35,8 @@ from testbed.errors import LabError
 from testbed.hosts.base import Host, Process
 from testbed.hosts.display import XDisplay, x_env
 from testbed.hosts.ledger import Ledger
+from testbed.spice import barcode
+from testbed.spice.freeze import Stretch
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +133,6 @@ def viewer_window(windows: list[Window]) -> Window | None:
     return max(cands, key=lambda w: w.area, default=None)
 
 
-@dataclass(frozen=True)
-class Gap:
-    start: float  # monotonic
-    end: float
-
-    @property
-    def ms(self) -> float:
-        return (self.end - self.start) * 1000.0
-
-
 class DisplayWatcher:
     """Samples a small square of the viewer's display at ~100 Hz in a child on the host.
 
@@ -175,6 +167,7 @@ class DisplayWatcher:
         self._partial = b""
         self._lines_seen: list[list[str]] = []  # times already in our clock
         self._changes: list[float] = []
+        self._frames: list[tuple[float, int | None]] = []
         self._first: float | None = None
         self._last: float | None = None
         self._n = 0
@@ -248,7 +241,7 @@ class DisplayWatcher:
         self._partial = lines.pop()
         for raw in lines:
             p = raw.decode(errors="replace").split()
-            if len(p) < 2 or p[0] not in ("B", "C", "S", "W"):
+            if len(p) < 2 or p[0] not in ("B", "C", "F", "S", "U", "W", "Y"):
                 continue
             try:
                 t = float(p[1]) - self.clock_offset
@@ -258,6 +251,10 @@ class DisplayWatcher:
             self._lines_seen.append(p)
             if p[0] == "C" and len(p) >= 3:
                 self._changes.append(t)
+            elif p[0] == "F" and len(p) >= 3:
+                self._frames.append((t, int(p[2])))
+            elif p[0] == "U":
+                self._frames.append((t, None))
             elif p[0] == "S" and len(p) >= 3:
                 self._first = t if self._first is None else self._first
                 self._last, self._n = t, int(p[2])
@@ -267,12 +264,17 @@ class DisplayWatcher:
         self._refresh()
         return list(self._changes)
 
+    def frames(self) -> list[tuple[float, int | None]]:
+        """(time, frame number the client started showing, None: no readable frame)."""
+        self._refresh()
+        return list(self._frames)
+
     def samples(self) -> tuple[float | None, int, float | None]:
         """(first sample time, samples taken, last sample time), in our monotonic clock."""
         self._refresh()
         return self._first, self._n, self._last
 
-    def longest_gap(self, window: tuple[float, float] | None = None) -> Gap | None:
+    def longest_gap(self, window: tuple[float, float] | None = None) -> Stretch | None:
         return longest_gap(self.changes(), window, self.samples())
 
     def longest_gap_ms(self, window: tuple[float, float] | None = None) -> float | None:
@@ -290,11 +292,23 @@ class DisplayWatcher:
         return len(inside) / (t1 - t0) if t1 > t0 else 0.0
 
 
+def read_frames(path: Path) -> list[tuple[float, int | None]]:
+    """The `F`/`U` lines of a watcher's file (`stop` wrote it, our clock) as frames."""
+    out: list[tuple[float, int | None]] = []
+    for line in path.read_text().splitlines():
+        p = line.split()
+        if len(p) >= 3 and p[0] == "F":
+            out.append((float(p[1]), int(p[2])))
+        elif len(p) >= 2 and p[0] == "U":
+            out.append((float(p[1]), None))
+    return out
+
+
 def longest_gap(
     changes: list[float],
     window: tuple[float, float] | None,
     samples: tuple[float | None, int, float | None],
-) -> Gap | None:
+) -> Stretch | None:
     """The longest interval with no change, within `window` clipped to when sampling ran."""
     first, _n, last = samples
     if first is None or last is None:
@@ -305,7 +319,7 @@ def longest_gap(
         return None
     points = [t0, *sorted(c for c in changes if t0 < c < t1), t1]
     best = max(zip(points, points[1:], strict=False), key=lambda ab: ab[1] - ab[0])
-    return Gap(best[0], best[1])
+    return Stretch(best[0], best[1])
 
 
 # ---- child side (runs on the client host) ---------------------------------------
@@ -387,45 +401,83 @@ def _shot(path: Path) -> None:
     write_png(path, w, h, _rgb(d, img.data, w, h))
 
 
-def _locate(d: Any, size: int) -> tuple[int, int, str]:
-    """Where to sample: the centre of the viewer window, else of the screen."""
+def _viewer(d: Any) -> dict[str, Any] | None:
     ws = [
         w
         for w in _windows(d)
         if w["mapped"] and VIEWER_CLASS in w["wm_class"] and w["width"] > 64 < w["height"]
     ]
-    s = d.screen()
-    if not ws:
-        return s.width_in_pixels // 2 - size // 2, s.height_in_pixels // 2 - size // 2, "none"
-    w = max(ws, key=lambda w: w["width"] * w["height"])
-    # below the menu and tool bars: the lower-middle of the window is the guest's display
-    cx, cy = w["x"] + w["width"] // 2, w["y"] + (w["height"] * 3) // 5
-    desc = f"{w['id']} {w['x']} {w['y']} {w['width']} {w['height']}"
-    return cx - size // 2, cy - size // 2, desc
+    return max(ws, key=lambda w: w["width"] * w["height"], default=None)
+
+
+def _find_band(d: Any, w: dict[str, Any]) -> int | None:
+    """The window row (root y) through the middle of the guest's barcode, if it shows one."""
+    from Xlib import X
+
+    msb = d.display.info.image_byte_order == 1
+    try:
+        img = d.screen().root.get_image(
+            w["x"], w["y"], w["width"], w["height"], X.ZPixmap, 0xFFFFFFFF
+        )
+    except Exception:  # noqa: BLE001 - the window moved or went while we looked
+        return None
+    stride = len(img.data) // w["height"]
+    rows = [
+        y
+        for y in range(0, w["height"], 2)
+        if barcode.decode(barcode.bright_mask(img.data[y * stride :], w["width"], msb)) is not None
+    ]
+    return w["y"] + rows[len(rows) // 2] if rows else None
 
 
 def _watch(out: Path, hz: int, size: int) -> None:
+    """Sample one pixel row across the viewer window `hz` times a second.
+
+    The row goes through the guest's barcode once it is found (`Y` line); each
+    sample's CRC tells a display change (`C`), its decoded frame number a new
+    frame (`F <t> <seq>`), and `U <t>` the first sample that showed no readable
+    frame after one that did. Until the band is found the row sits at 3/5 of the
+    window's height (below the menu and tool bars), so `C` lines still come.
+    """
     from Xlib import X
 
     d = _connect()
     root = d.screen().root
+    msb = d.display.info.image_byte_order == 1
     period = 1.0 / hz
     f = open(out, "a", buffering=1)  # noqa: SIM115 - line-buffered for the parent to read
     f.write(f"B {time.monotonic():.6f} {hz} {size}\n")
     last_crc: int | None = None
-    where, x, y = "", 0, 0
+    last_seq: int | None = -1
+    where, band = "", None
+    win: dict[str, Any] | None = None
     next_locate = next_status = 0.0
-    n = 0
+    n = misses = 0
     while True:
         now = time.monotonic()
         if now >= next_locate:
-            x, y, desc = _locate(d, size)
+            win = _viewer(d)
+            desc = (
+                "none"
+                if win is None
+                else " ".join(str(win[k]) for k in ("id", "x", "y", "width", "height"))
+            )
             if desc != where:
-                where = desc
+                where, band = desc, None
                 f.write(f"W {now:.6f} {desc}\n")
+            if win is not None and (band is None or misses > hz // 2):
+                band, misses = _find_band(d, win), 0
+                if band is not None:
+                    f.write(f"Y {time.monotonic():.6f} {band}\n")
             next_locate = now + 0.5
+        if win is None:
+            s = d.screen()
+            x, y, width = 0, s.height_in_pixels // 2, s.width_in_pixels
+        else:
+            x, width = win["x"], win["width"]
+            y = band if band is not None else win["y"] + (win["height"] * 3) // 5
         try:
-            img = root.get_image(x, y, size, size, X.ZPixmap, 0xFFFFFFFF)
+            img = root.get_image(x, y, width, 1, X.ZPixmap, 0xFFFFFFFF)
         except Exception:  # noqa: BLE001 - a BadMatch while the screen changes; retry
             time.sleep(period)
             continue
@@ -435,6 +487,13 @@ def _watch(out: Path, hz: int, size: int) -> None:
         if crc != last_crc:
             f.write(f"C {t:.6f} {crc:08x}\n")
             last_crc = crc
+            seq = barcode.decode(barcode.bright_mask(img.data, width, msb))
+            if seq is not None and seq != last_seq:
+                f.write(f"F {t:.6f} {seq}\n")
+            elif seq is None and last_seq is not None:
+                f.write(f"U {t:.6f}\n")
+            misses = misses + 1 if seq is None else 0
+            last_seq = seq
         if t >= next_status:
             f.write(f"S {t:.6f} {n}\n")
             next_status = t + STATUS_EVERY_S

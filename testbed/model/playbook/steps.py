@@ -176,9 +176,8 @@ class Expectation(Strict):
 
     outcome: Outcome | None = None
     usbredir: UsbRedir | None = None
-    max_unresponsive_ms: OptionalMs = _choices(
-        "max_unresponsive_ms", "max_unresponsive", default=None
-    )
+    # the longest client freeze around the switchover (result client.frozen_ms)
+    max_frozen_ms: OptionalMs = _choices("max_frozen_ms", "max_frozen", default=None)
     migration: MigrationResult | None = None
 
     def is_empty(self) -> bool:
@@ -308,7 +307,7 @@ class ExpectStep(Expectation, Step):
         if self.is_empty():
             raise ValueError(
                 "an expect step needs at least one of outcome, usbredir, "
-                "max_unresponsive_ms, migration"
+                "max_frozen, migration"
             )
         return self
 

@@ -11,9 +11,14 @@
  *                    "TESTBED-FILLED <MiB>" and "TESTBED-GUEST-READY" on ttyS0;
  *   tb.dirty=<MiB/s> rewrite that much of it per second, a slice every tick;
  *   tb.hz=<Hz>       tick rate. Every tick: redraw the VGA text screen
- *                    (/dev/vcsa1) in a new background colour with the
- *                    sequence number in big digits, and print
- *                    "HB <seq> <monotonic_ms>" on ttyS0.
+ *                    (/dev/vcsa1) with the sequence number in big digits and as a barcode, and
+ *                    print "HB <seq> <monotonic_ms>" on ttyS0.
+ *
+ * The barcode (BAR_* below; decoded by testbed/spice/barcode.py, keep the two in
+ * step) lets a sampler of the client's screen read which frame it shows: rows
+ * BAR_ROW0.. of the screen hold BAR_SLOTS slots of BAR_COLS columns each, a slot
+ * light grey for 1 and black for 0: a 1 (start), BAR_DATA bits of seq (most
+ * significant first), BAR_CHECK bits of seq % BAR_MOD, a 1 (end).
  *
  * Serial writes are non-blocking: when nobody drains the serial port a line is
  * dropped rather than stalling the tick (and with it the display).
@@ -117,8 +122,11 @@ static const unsigned char DIGITS[10][5] = {
 	{7, 5, 7, 5, 7}, {7, 5, 7, 1, 7},
 };
 
-/* Background colours cycled per tick; neighbours always differ. */
-static const unsigned char COLOURS[] = {1, 2, 4, 5, 3, 6}; /* blue green red magenta cyan brown */
+/* One background colour: only the digits and the barcode change per tick, so an update
+ * is a few small rectangles, not the whole screen (over a slow display link a
+ * full-screen repaint at 25 Hz outruns SPICE's flow control and the lag piles up). */
+#define BACKGROUND 1 /* blue */
+#define BIG_EVERY 25 /* the big digits change once a second: few changed pixels per frame */
 
 static void screen_open(struct screen *s)
 {
@@ -166,19 +174,50 @@ static void put_big_number(struct screen *s, int row, unsigned long seq, unsigne
 			}
 }
 
-/* One frame: the whole screen in this tick's colour, big digits, a legend. */
+/* The barcode: 1, seq bits, check bits, 1; see the header comment. */
+#define BAR_ROW0 12
+#define BAR_ROWS 1
+#define BAR_COLS 3
+#define BAR_DATA 18
+#define BAR_CHECK 6
+#define BAR_MOD 61
+#define BAR_SLOTS (1 + BAR_DATA + BAR_CHECK + 1)
+
+static void put_barcode(struct screen *s, unsigned long seq)
+{
+	int bits[BAR_SLOTS], n = 0;
+	unsigned long data = seq & ((1UL << BAR_DATA) - 1), check = data % BAR_MOD;
+	bits[n++] = 1;
+	for (int i = BAR_DATA - 1; i >= 0; i--)
+		bits[n++] = data >> i & 1;
+	for (int i = BAR_CHECK - 1; i >= 0; i--)
+		bits[n++] = check >> i & 1;
+	bits[n++] = 1;
+	int col0 = (s->cols - BAR_SLOTS * BAR_COLS) / 2;
+	for (int r = BAR_ROW0; r < BAR_ROW0 + BAR_ROWS && r < s->rows; r++) {
+		for (int c = 0; c < s->cols; c++)
+			s->cells[r * s->cols + c] = ' '; /* black on black */
+		for (int i = 0; i < BAR_SLOTS; i++)
+			for (int c = 0; c < BAR_COLS; c++)
+				s->cells[r * s->cols + col0 + i * BAR_COLS + c] =
+					' ' | (bits[i] ? 0x7F : 0x00) << 8;
+	}
+}
+
+/* One frame: the seq in text and as a barcode, big digits (once a second), a legend. */
 static void screen_draw(struct screen *s, unsigned long seq, const struct params *p)
 {
 	if (s->fd < 0)
 		return;
-	unsigned char bg = COLOURS[seq % sizeof(COLOURS)];
+	unsigned char bg = BACKGROUND;
 	unsigned char attr = bg << 4 | 0xF;
 	for (int i = 0; i < s->rows * s->cols; i++)
 		s->cells[i] = ' ' | attr << 8;
 	char line[96];
 	snprintf(line, sizeof(line), "TESTBED HEARTBEAT  seq %lu", seq);
 	put_text(s, 1, 2, line, attr);
-	put_big_number(s, s->rows / 2 - 3, seq, attr);
+	put_big_number(s, 3, seq - seq % BIG_EVERY, attr);
+	put_barcode(s, seq);
 	snprintf(line, sizeof(line), "fill %ld MiB  dirty %g MiB/s  %ld Hz", p->fill_mib,
 		 p->dirty_mib_s, p->hz);
 	put_text(s, s->rows - 2, 2, line, attr);
