@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from sshlab import ssh_lab
 
-from testbed.hosts.bundle import ensure_bundle
 from testbed.hosts.display import start_xvfb, x_env
 from testbed.hosts.procs import pids_in_netns
 from testbed.hosts.ssh import stop_remote
@@ -67,7 +66,7 @@ def test_xvfb_screen_watcher_and_client_over_ssh(tmp_path: Path) -> None:
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (make setup)")
     with ssh_lab(tmp_path, 1) as lab, lab.host(python=sys.executable) as h:
-        ensure_bundle(h)
+        h.prepare()
         state = h.state_dir
         x = start_xvfb(h, state / "x", lab.ledger)
         (xvfb,) = [e for e in lab.ledger.of_kind("remote-process") if e["role"] == "xvfb"]

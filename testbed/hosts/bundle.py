@@ -20,7 +20,7 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
-from testbed.hosts.ssh import SshHost
+from testbed.hosts.base import Host
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def _build() -> tuple[bytes, str]:
     return buf.getvalue(), digest.hexdigest()[:12]
 
 
-def ensure_bundle(host: SshHost) -> PurePosixPath:
-    """Send the bundle to `host` unless it has this version; set its PYTHONPATH; return it."""
+def ensure_bundle(host: Host) -> PurePosixPath:
+    """Send the bundle to `host` unless it has this version; return where it is there."""
     data, version = build()
     where = host.state_dir / f"bundle-{version}"
     if not host.exists(where / ".complete"):
@@ -99,5 +99,4 @@ def ensure_bundle(host: SshHost) -> PurePosixPath:
             ]
         )
         log.info("%s: sent testbed's helpers (%d KiB) to %s", host.name, len(data) // 1024, where)
-    host.pythonpath = str(where)
     return where

@@ -33,6 +33,7 @@ import paramiko
 
 from testbed.errors import LabError
 from testbed.hosts.base import Host, Output, failed, get_tree_by_tarball
+from testbed.hosts.bundle import ensure_bundle
 from testbed.hosts.sshconnect import connect, ssh_config_for
 from testbed.hosts.sshexec import CommandTimeout, ExecSession, SessionLost
 from testbed.hosts.sshproc import RemoteProcess, stop_script
@@ -161,9 +162,7 @@ class SshHost(Host):
     def prepare(self) -> None:
         """Send testbed's helper modules (once per version) and put them on PYTHONPATH."""
         if self.pythonpath is None:
-            from testbed.hosts.bundle import ensure_bundle
-
-            ensure_bundle(self)
+            self.pythonpath = str(ensure_bundle(self))
 
     def module_argv(self, module: str, *args: str) -> list[str]:
         pre = [] if self.pythonpath is None else ["env", f"PYTHONPATH={self.pythonpath}"]

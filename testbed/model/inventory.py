@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import InputError
-from testbed.model.topology import SSH_FIELDS, HostSpec
+from testbed.model.hostspec import SSH_FIELDS, HostSpec
 from testbed.model.yamlsrc import PathKey, YamlDoc, dotted, load_yaml_file, validate
 
 ANSIBLE_NAMES = {

@@ -1,0 +1,98 @@
+"""One host of a topology, as written: its kind, roles, and how to reach it over SSH.
+
+Its own module so that the inventory (model/inventory.py), which holds the same SSH
+fields, and the topology, which loads an inventory, do not import each other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["IFNAME_RE", "SSH_FIELDS", "HostSpec", "Strict"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+SSH_FIELDS = (
+    "address",
+    "port",
+    "user",
+    "key_file",
+    "known_hosts",
+    "sudo",
+    "interfaces",
+    "addresses",
+    "python",
+    "x_display",
+    "x_authority",
+    "from_inventory",
+    "from_pool",
+    "gateway",
+)
+
+
+class HostSpec(Strict):
+    """A host of the lab: `local` is a namespace on this machine, `ssh` a machine reached by SSH.
+
+    Relative `key_file`/`known_hosts` paths are read from the topology file's folder.
+    """
+
+    kind: Literal["local", "ssh"] = "local"
+    roles: list[Literal["hypervisor", "client"]] = Field(min_length=1)
+    libvirt_uri: str | None = None
+    emulator: str | None = Field(
+        None, description="QEMU binary, e.g. a build with a patched spice-server"
+    )
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    address: str | None = Field(None, min_length=1, pattern=r"^[^\s/@]+$")
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field("root", min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    key_file: Path | None = Field(None, description="private key; default ~/.ssh/id_ed25519")
+    known_hosts: Path | None = Field(
+        None, description="host keys are checked against it, never added (~/.ssh/known_hosts)"
+    )
+    sudo: bool = Field(False, description="prefix commands with sudo -n when user is not root")
+    interfaces: dict[str, str] = Field(
+        default_factory=dict, description="network name -> interface name on this host"
+    )
+    addresses: dict[str, ipaddress.IPv4Address] = Field(
+        default_factory=dict,
+        description="network name -> this host's address there (a real host's interface has one)",
+    )
+    python: str = Field(
+        "python3", min_length=1, description="interpreter for testbed's helpers on an ssh host"
+    )
+    x_display: str | None = Field(
+        None,
+        pattern=r"^:[0-9]+$",
+        description="a client's own X display (e.g. ':0'); without it testbed starts an Xvfb",
+    )
+    x_authority: PurePosixPath | None = Field(
+        None, description="the Xauthority file of x_display, on the host"
+    )
+    from_pool: str | None = Field(
+        None,
+        description="an inventory group: each scenario leases a free host of it (pytest -n N)",
+    )
+    from_inventory: str | None = Field(
+        None, description="take the fields above from this host of the topology's inventory"
+    )
+    gateway: str | None = Field(
+        None, description="another ssh host of the topology to reach this one through (ProxyJump)"
+    )
+
+    @field_validator("interfaces")
+    @classmethod
+    def _ifnames(cls, v: dict[str, str]) -> dict[str, str]:
+        for net, ifname in v.items():
+            if not IFNAME_RE.match(ifname):
+                raise ValueError(f"{net}: {ifname!r} is not an interface name (1-15 characters)")
+        return v
