@@ -5,9 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup apt venv image test reproduce lint bench clean-labs
+.PHONY: setup apt venv image netem-image test reproduce lint bench clean-labs
 
-setup: apt venv image
+setup: apt venv image netem-image
 
 apt:
 	@tools/apt-setup.sh
@@ -24,6 +24,11 @@ venv: $(STAMP)
 
 image: venv
 	@$(BIN)/testbed guest build || { apt-get update -q && $(BIN)/testbed guest build; }
+
+# The netem VM (Debian's cloud kernel has sch_netem; this machine's has not): the kernel
+# shaping engine's tests run in it (tests/test_netem_vm.py). Cached by content hash.
+netem-image: venv
+	@$(BIN)/python -m testbed.virt.netem_vm
 
 test: setup
 	$(BIN)/pytest -v -rs

@@ -89,10 +89,13 @@ def test_netem_without_64bit_times_reads_the_tick_fields() -> None:
     assert (back.delay_ms, back.jitter_ms) == (100.0, 10.0)
 
 
-def test_minimal_netem_has_no_optional_attributes() -> None:
+def test_minimal_netem_clears_reorder_and_corrupt() -> None:
+    """A change must say reorder 0 and corrupt 0: netem keeps an absent attribute's value."""
     data = nl.encode(nl.netem_qdisc(1, nl.handle(1), nl.TC_H_ROOT, nl.NetemParams(delay_ms=1)))
     nested = attrs(tc_attrs(data)[TCA_OPTIONS][24:])
-    assert set(nested) == {TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64}
+    want = {TCA_NETEM_LATENCY64, TCA_NETEM_JITTER64, TCA_NETEM_REORDER, TCA_NETEM_CORRUPT}
+    assert set(nested) == want
+    assert nested[TCA_NETEM_REORDER] == nested[TCA_NETEM_CORRUPT] == bytes(8)
 
 
 @pytest.mark.parametrize("pct", [0, 0.0001, 0.1, 0.5, 1, 5, 12.5, 33.3333, 99.9, 100])

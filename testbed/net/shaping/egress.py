@@ -378,6 +378,10 @@ class Egress:
                 return
         else:
             hdl = next(h for h in handles if cur is None or h != cur.handle)
+            if want.duplicate_pct and cur is not None:
+                # Linux (6.1.1xx, check_netem_in_tree) refuses a duplicating netem while
+                # another netem is in the tree, the one it replaces too: remove that first
+                await self.request(ipr, nl.qdisc_ref(index, cur.handle, parent), RTM_DELQDISC, _REQ)
         try:
             await self.request(ipr, nl.netem_qdisc(index, hdl, parent, want), RTM_NEWQDISC,
                                _CREATE_OR_REPLACE)  # fmt: skip
@@ -386,6 +390,14 @@ class Egress:
                 raise CapabilityMissing(
                     f"the kernel in {self.netns} has no netem qdisc (sch_netem): {e}",
                     hint="use the userspace engine (select_engine('auto') picks it)",
+                ) from None
+            if e.code == errno.EINVAL and want.duplicate_pct:
+                raise LabError(
+                    f"{self!r}: the kernel refuses a duplicating netem next to another netem "
+                    "on the same interface (Linux >= 6.1.1xx: 'cannot mix duplicating netems "
+                    "with other netems in tree')",
+                    hint="shape duplicate on a link whose sender has no other netem peer, "
+                    "or use the userspace engine",
                 ) from None
             raise
         self.sent_tables[hdl] = want.dist_table

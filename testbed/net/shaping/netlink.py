@@ -209,15 +209,13 @@ class NetemParams:
 def netem_qdisc(index: int, hdl: int, parent: int, p: NetemParams) -> TcMsg:
     """RTM_NEWQDISC body for a netem qdisc (flags are the sender's business)."""
     msg = _base(index, hdl, parent, "netem")
-    attrs: list[list[object]] = []
-    if p.reorder_pct:
-        attrs.append(
-            ["TCA_NETEM_REORDER", {"probability": pct_to_u32(p.reorder_pct), "correlation": 0}]
-        )
-    if p.corrupt_pct:
-        attrs.append(
-            ["TCA_NETEM_CORRUPT", {"probability": pct_to_u32(p.corrupt_pct), "correlation": 0}]
-        )
+    # reorder and corrupt always go, 0 too: the kernel's netem_change keeps the old value
+    # of an absent attribute, so a change from corrupt 50 % to none would keep 50 %
+    # (seen on Debian's 6.1 in the netem VM)
+    attrs: list[list[object]] = [
+        ["TCA_NETEM_REORDER", {"probability": pct_to_u32(p.reorder_pct), "correlation": 0}],
+        ["TCA_NETEM_CORRUPT", {"probability": pct_to_u32(p.corrupt_pct), "correlation": 0}],
+    ]
     if p.dist_table:
         attrs.append(["TCA_NETEM_DELAY_DIST", struct.pack(f"={len(p.dist_table)}h", *p.dist_table)])
     attrs.append(["TCA_NETEM_LATENCY64", ms_to_ns(p.delay_ms)])
