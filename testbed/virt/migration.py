@@ -42,6 +42,7 @@ class MigrationRecord:
     bytes: int | None = None
     result: str = "pending"  # pending, running, completed, failed, aborted
     error: str | None = None
+    first_byte_s: float | None = None  # s since start when the job first reported data moved
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, %)
     bandwidth_changes: list[tuple[float, int]] = field(default_factory=list)
 
@@ -158,6 +159,9 @@ class Migration:
         if self.done:
             return 100.0 if self.record.result == "completed" else self._max_pct
         s = self.stats()
+        moved = s.get("data_processed") or s.get("memory_processed")
+        if moved and self.record.first_byte_s is None:
+            self.record.first_byte_s = round(self.elapsed(), 3)
         total, remaining = s.get("memory_total"), s.get("memory_remaining")
         if total:
             pct = max(0.0, min(100.0, 100.0 * (1 - (remaining or 0) / total)))
