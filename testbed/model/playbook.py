@@ -56,7 +56,12 @@ from testbed.model.yamlsrc import (
 EMPTY_HINT = "a playbook needs name and steps"
 
 # the classifier's words (testbed.spice.classifier), so a playbook can expect any of them
-Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration"]
+Outcome = Literal[
+    "seamless", "semi-seamless", "switch-host", "lost", "no-migration", "migration-failed"
+]
+FaultKill = Literal[
+    "none", "client", "dst-libvirtd", "src-libvirtd", "src-qemu", "dst-qemu", "delay-line"
+]
 UsbRedir = Literal["migrated", "reconnected", "lost", "kept", "none"]
 MigrationResult = Literal["completed", "failed", "aborted"]
 
@@ -336,6 +341,15 @@ class WaitStep(Step):
         return self
 
 
+class FaultStep(Step):
+    """Inject a fault: SIGKILL one of the lab's processes (`none` does nothing, so a
+    matrix can leave the fault out)."""
+
+    kind: ClassVar[str] = "fault"
+
+    kill: FaultKill
+
+
 class ExpectStep(Expectation, Step):
     """Expectations for the verdict; all expect steps of a scenario make `Scenario.expect`."""
 
@@ -369,6 +383,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         ConnectClientStep,
         MigrateStep,
         WaitStep,
+        FaultStep,
         ExpectStep,
     )
 }

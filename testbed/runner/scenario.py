@@ -24,6 +24,7 @@ from testbed.lab.pool import leased, pooled_hosts
 from testbed.model.playbook import Scenario
 from testbed.model.topology import Topology
 from testbed.runner.context import Context
+from testbed.runner.faults import reconcile
 from testbed.runner.result import ScenarioResult
 from testbed.runner.steps import finish_migration, fire_after_triggers, run_step
 from testbed.runner.timeline import Timeline
@@ -88,6 +89,10 @@ class ScenarioRun:
                 self.result.error = str(e)
                 self.timeline.add("error", message=str(e))
                 log.warning("%s: %s", self.scenario.name, e)
+            except Exception as e:  # noqa: BLE001 - a bug still ends in a verdict and a result
+                self.result.error = f"internal error: {type(e).__name__}: {e}"
+                self.timeline.add("error", message=self.result.error)
+                log.exception("%s: internal error", self.scenario.name)
             finally:
                 self._collect_and_tear_down()
                 self.result.duration_s = round(time.monotonic() - t0, 3)
@@ -107,6 +112,10 @@ class ScenarioRun:
                 except Exception as e:  # noqa: BLE001 - teardown must go on
                     log.warning("stopping guard: %s", e)
             ctx.watch.abort()
+            try:
+                reconcile(ctx)
+            except Exception as e:  # noqa: BLE001 - teardown must go on
+                log.warning("reconciling the guest's home: %s", e)
         if ctx.events:
             try:
                 ctx.events.close()

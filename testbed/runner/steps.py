@@ -16,6 +16,7 @@ from testbed.lab.guests import migration_for, start_guest
 from testbed.model.playbook import (
     ConnectClientStep,
     ExpectStep,
+    FaultStep,
     MigrateStep,
     ShapeStep,
     StartGuestStep,
@@ -25,6 +26,7 @@ from testbed.model.playbook import (
     WaitStep,
 )
 from testbed.runner.context import Context
+from testbed.runner.faults import fault
 from testbed.runner.watch import MigrationWatch
 from testbed.spice.events import GraphicsEventLog
 from testbed.spice.guard import GuardConfig, SpiceGuard
@@ -212,5 +214,6 @@ HANDLERS: dict[type[Step], Handler] = {
     ConnectClientStep: connect_client,
     MigrateStep: migrate,
     WaitStep: wait,
+    FaultStep: fault,
     ExpectStep: nothing,
 }

@@ -21,7 +21,8 @@ from testbed.spice.guard import SpiceGuard
 from testbed.virt.migration import Migration, MigrationRecord
 
 log = logging.getLogger(__name__)
-STALL_S = 15.0  # no byte moved for this long: the migration has stalled
+STALL_S = 10.0  # no byte moved for this long: the migration has stalled
+FIRST_BYTE_S = 30.0  # ... before the first byte (the destination QEMU starts, under TCG)
 JOIN_S = 30.0  # at most this long for the job's thread to return after an abort
 Tick = Callable[[Migration, float], None]
 
@@ -74,10 +75,11 @@ class MigrationWatch:
         """Seconds since a byte last moved (0 before the job started)."""
         return time.monotonic() - self._moved
 
+    def limit(self) -> float:
+        return self.stall_s if self._last_bytes else max(self.stall_s, FIRST_BYTE_S)
+
     def stalled(self) -> bool:
-        # before the first byte the destination is starting (seconds under TCG): count from
-        # the start all the same, the limit is well above that
-        return not self.m.done and self.still_for() > self.stall_s
+        return not self.m.done and self.still_for() > self.limit()
 
     def _watch(self) -> None:
         last = -1.0
