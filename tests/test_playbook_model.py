@@ -29,10 +29,10 @@ from testbed.model.playbook import (
     load_playbook,
     parse_playbook,
     scenario_rows,
-    select,
     substitute,
 )
 from testbed.model.profile import LinkProfile
+from testbed.runner.select import select
 
 DATA = Path(__file__).resolve().parent / "data" / "playbooks"
 

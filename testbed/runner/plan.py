@@ -26,11 +26,11 @@ from testbed.model.playbook import (
     ShapeStep,
     StartGuestStep,
     load_playbook,
-    select,
 )
 from testbed.model.topology import Topology, load_topology
 from testbed.runner.result import RunResult, ScenarioResult
 from testbed.runner.scenario import ScenarioRun
+from testbed.runner.select import select
 
 DEFAULT_TOPOLOGY = "topologies/local.yaml"
 Progress = Callable[[str], None]
