@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import LabError, TestbedError
+from testbed.errors import TestbedError
 from testbed.lab.lab import Lab
-from testbed.lab.spice import GuestDisplay, guest_display, spice_client
+from testbed.lab.spice import guest_display, spice_client
 from testbed.model.playbook import ConnectClientStep
 from testbed.runner.result import ScenarioResult
 from testbed.runner.timeline import Timeline
@@ -35,7 +35,6 @@ FROZEN_S = 6.0  # after the switchover: judge a console that shows no live frame
 SETTLE_MAX_S = 45.0  # ... and at most this long for a slow client to conclude
 BEFORE_S = 5.0  # the unresponsive window starts this long before the switchover
 POLL_S = 0.25
-SWITCHOVER_S = 10.0  # a display that is on neither side for this long is gone
 
 
 @dataclass
@@ -58,7 +57,7 @@ class ClientSession:
     def connect(self, s: ConnectClientStep, migration: Migration | None) -> None:
         if self.client is None:
             self.client = spice_client(self.lab, self.dir, client=s.client)
-        where = self._display(s.guest)
+        where = guest_display(self.lab, s.guest)
         self.client.connect(where.uri)
         self.guest = s.guest
         data: dict[str, Any] = {"uri": where.uri, "trigger": s.when.kind}
@@ -78,18 +77,6 @@ class ClientSession:
                 ledger=self.lab.ledger,
             )
             self.watcher.start()
-
-    def _display(self, guest: str) -> GuestDisplay:
-        """Where the guest's display is; at the switchover neither side runs for a moment
-        (the source paused, the destination not yet resumed): ask again for a while."""
-        deadline = time.monotonic() + SWITCHOVER_S
-        while True:
-            try:
-                return guest_display(self.lab, guest)
-            except LabError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
 
     def wait_connected(self, timeout_s: float) -> None:
         assert self.client

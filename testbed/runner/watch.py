@@ -23,7 +23,6 @@ from testbed.virt.migration import Migration, MigrationRecord
 log = logging.getLogger(__name__)
 STALL_S = 10.0  # no byte moved for this long: the migration has stalled
 FIRST_BYTE_S = 30.0  # ... before the first byte (the destination QEMU starts, under TCG)
-MOTION_EVERY_S = 1.0  # how often the watch asks whether data moved
 JOIN_S = 30.0  # at most this long for the job's thread to return after an abort
 Tick = Callable[[Migration, float], None]
 
@@ -83,12 +82,10 @@ class MigrationWatch:
         return not self.m.done and self.still_for() > self.limit()
 
     def _watch(self) -> None:
-        last = last_motion = -1.0
+        last = -1.0
         while not self.m.done:
             pct = self.m.progress()
-            if self.m.elapsed() - last_motion >= MOTION_EVERY_S:  # one more RPC: not each tick
-                self._sample_motion()
-                last_motion = self.m.elapsed()
+            self._sample_motion()
             if self.m.elapsed() - last >= 0.5:
                 self.timeline.add("migration.progress", percent=round(pct, 1))
                 last = self.m.elapsed()
