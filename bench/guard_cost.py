@@ -29,9 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from testbed.model.playbook import parse_playbook
-from testbed.model.topology import load_topology
 from testbed.report.write import write_reports
-from testbed.runner.run import run_playbook
+from testbed.runner.plan import plan, run_plan
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,16 +140,15 @@ def main() -> int:
     args = ap.parse_args()
     rtts = [int(r) for r in args.rtt.split(",")]
     pb = parse_playbook(playbook_text(rtts), "bench/guard_cost.py:guard-cost")
-    topo = load_topology(args.topology)
+    the_plan = plan([pb], topology=args.topology)
     root = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-guard-cost")
     err = Console(stderr=True, width=150)  # a table wide enough to read whole in a log
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     dirs = []
     for i in range(args.repeat):
         out = root / f"rep-{i + 1}" if args.repeat > 1 else root
-        run = run_playbook(
-            pb,
-            topo,
+        (run,) = run_plan(
+            the_plan,
             out,
             on_scenario=lambda s, i=i: err.print(
                 f"[{i + 1}/{args.repeat}] {s.name}: {s.outcome}, "

@@ -17,9 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from testbed.model.playbook import load_playbook
-from testbed.model.topology import load_topology
-from testbed.runner.run import run_playbook
+from testbed.runner.plan import plan, run_plan
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_TOTAL_S = 240.0
@@ -27,13 +25,15 @@ GOAL_RATIO = 1.5
 
 
 def main() -> int:
-    pb = load_playbook(REPO / "playbooks" / "bug-884631.yaml")
-    topo = load_topology(REPO / "topologies" / "local.yaml")
+    the_plan = plan(
+        [REPO / "playbooks" / "bug-884631.yaml"], topology=REPO / "topologies" / "local.yaml"
+    )
+    pb, topo = the_plan.playbooks[0].playbook, the_plan.playbooks[0].topology
     memory_mib = topo.guests["vm"].memory
     by_name = {s.name: s for s in pb.scenarios()}
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as out:
-        run = run_playbook(pb, topo, Path(out))
+        (run,) = run_plan(the_plan, Path(out))
     total = time.monotonic() - t0
     rows = []
     for s in run.scenarios:

@@ -1,9 +1,10 @@
 """pytest plugin: every scenario of every playbook is a test item (`pytest playbooks/`).
 
-A thin edge over what `testbed run` uses: the playbook model loads and expands the
-file, `check_against` checks it against the topology at collection, `ScenarioRun`
-runs each item on a fresh lab, and the report layer writes result.json's junit.xml
-and report.html after each scenario, into one run directory per playbook file.
+A thin edge over what `testbed run` uses: `runner.plan.plan()` loads, expands and
+checks the file against its topology at collection, `runner.plan.run_scenario` runs
+each item on a fresh lab (as `run_plan` does), and the report layer writes
+result.json's junit.xml and report.html after each scenario, into one run directory
+per playbook file.
 
 Collected: .yaml files whose top-level keys are a playbook's (name, steps, ...), never
 under tests/data (test fixtures, many broken on purpose). A normal `pytest` run reads
@@ -17,7 +18,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +25,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from testbed import shipped
 from testbed.errors import TestbedError
-from testbed.model.playbook import Playbook, Scenario, load_playbook
-from testbed.model.topology import Topology, load_topology
+from testbed.model.playbook import Playbook, Scenario
 
 if TYPE_CHECKING:  # the runner (libvirt and all) loads only when a playbook is collected
+    from testbed.runner.plan import PlannedPlaybook
     from testbed.runner.result import RunResult, ScenarioResult
 
 log = logging.getLogger("testbed.pytest")
-DEFAULT_TOPOLOGY = str(shipped.DEFAULT_TOPOLOGY)
 PLAYBOOK_KEYS = {f.alias or name for name, f in Playbook.model_fields.items() if name != "source"}
 LAB_MARKER = "lab: needs root and brings up a real local lab (namespaces, libvirtd, QEMU)"
 REPORTS = pytest.StashKey[list[Path]]()
@@ -94,51 +92,39 @@ class ScenarioFailed(Exception):
 class PlaybookFile(pytest.File):
     """One playbook: its scenarios as items, and the run directory they share."""
 
-    playbook: Playbook
-    topology: Topology
+    planned: PlannedPlaybook
     run_result: RunResult | None = None  # the scenarios run so far, as result.json holds them
     out_dir: Path | None = None
 
     def collect(self) -> Iterator[ScenarioItem]:
-        from testbed.runner.run import check_against
+        from testbed.runner.plan import plan
 
         try:
-            self.playbook = load_playbook(self.path)
-            topo = self.config.getoption("testbed_topology") or self.playbook.topology
-            self.topology = load_topology(topo or DEFAULT_TOPOLOGY)
-            scenarios = self.playbook.scenarios()
-            check_against(scenarios, self.topology, self.playbook.source or self.playbook.name)
+            topo = self.config.getoption("testbed_topology")
+            self.planned = plan([self.path], topology=topo).playbooks[0]
         except TestbedError as e:
             raise self.CollectError(str(e)) from None
-        for sc in scenarios:
+        for sc in self.planned.scenarios:
             yield ScenarioItem.from_parent(self, name=sc.name, scenario=sc)
 
     def run_scenario(self, sc: Scenario) -> ScenarioResult:
         """Run one scenario as `testbed run` would, then rewrite result.json and reports."""
         from testbed.report.write import write_reports
-        from testbed.runner.result import RunResult
-        from testbed.runner.run import default_out_dir, write_result
-        from testbed.runner.scenario import ScenarioRun
+        from testbed.runner.plan import default_out_dir, run_scenario
 
         if self.run_result is None or self.out_dir is None:
             root = self.config.getoption("testbed_out")
-            default = default_out_dir(self.playbook)
+            default = default_out_dir(self.planned.playbook)
             worker = os.environ.get("PYTEST_XDIST_WORKER")  # -n N: one run dir per worker
             if worker:
                 default = default.with_name(f"{default.name}-{worker}")
             self.out_dir = Path(root) / default.name if root else default
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.run_result = RunResult(
-                playbook=self.playbook.source or self.playbook.name,
-                topology=self.topology.source or self.topology.name,
-                started=time.time(),
-                out_dir=str(self.out_dir),
-            )
+            self.run_result = self.planned.new_result(self.out_dir)
             self.config.stash[REPORTS].append(self.out_dir)
-        result = ScenarioRun(sc, self.topology, self.out_dir, lambda m: log.info("%s", m)).run()
-        self.run_result.scenarios.append(result)
-        self.run_result.ended = time.time()
-        write_result(self.run_result, self.out_dir)
+        result = run_scenario(
+            self.planned, sc, self.run_result, self.out_dir, lambda m: log.info("%s", m)
+        )
         write_reports(self.out_dir)
         return result
 

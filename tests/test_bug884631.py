@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from leaks import Snapshot
 
-from testbed.model.playbook import load_playbook
-from testbed.model.topology import load_topology
-from testbed.runner.run import run_playbook
+from testbed.runner.plan import plan, run_plan
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.lab
@@ -24,9 +22,11 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module", params=["local", "ssh-local"])
 def bug_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp(f"bug-884631-{request.param}")
-    run_playbook(
-        load_playbook(REPO / "playbooks" / "bug-884631.yaml"),
-        load_topology(REPO / "topologies" / f"{request.param}.yaml"),
+    run_plan(
+        plan(
+            [REPO / "playbooks" / "bug-884631.yaml"],
+            topology=REPO / "topologies" / f"{request.param}.yaml",
+        ),
         out,
     )
     return json.loads((out / "result.json").read_text())
@@ -120,9 +120,11 @@ def test_baseline_is_seamless_and_leaves_nothing(
     needs_root: None, state_root: Path, tmp_path: Path, topology: str
 ) -> None:
     before = Snapshot.take(state_root)
-    run = run_playbook(
-        load_playbook(REPO / "playbooks" / "seamless-baseline.yaml"),
-        load_topology(REPO / "topologies" / f"{topology}.yaml"),
+    (run,) = run_plan(
+        plan(
+            [REPO / "playbooks" / "seamless-baseline.yaml"],
+            topology=REPO / "topologies" / f"{topology}.yaml",
+        ),
         tmp_path,
     )
     s = run.scenarios[0]

@@ -11,12 +11,11 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 
-from testbed.cli.common import DEFAULT_TOPOLOGY, console, friendly_errors, out
+from testbed.cli.common import console, friendly_errors, out
 from testbed.cli.report import verdict_mark
 from testbed.errors import InputError
 from testbed.report.text import guard_text
 from testbed.runner.result import RunResult, ScenarioResult
-from testbed.shipped import playbook_path
 
 
 def verdict_table(run: RunResult) -> Table:
@@ -71,58 +70,45 @@ def run(
 ) -> None:
     """Run PLAYBOOK(s); exit 0 exactly when every expectation holds."""
     from testbed.cli.report import print_written
-    from testbed.model.playbook import load_playbook, scenario_rows
-    from testbed.model.topology import load_topology
+    from testbed.model.playbook import scenario_rows
     from testbed.report.write import write_reports
-    from testbed.runner.run import check_against, default_out_dir, run_playbook
-    from testbed.runner.select import select
+    from testbed.runner.plan import plan, run_plan
 
-    loaded = [load_playbook(playbook_path(p)) for p in playbooks]
-    plans = []
-    for pb in loaded:
-        topo_path = topology or pb.topology or DEFAULT_TOPOLOGY
-        topo = load_topology(topo_path)
-        chosen = select(pb.scenarios(), pattern) if pattern else pb.scenarios()
-        check_against(chosen, topo, pb.source or pb.name)
-        plans.append((pb, topo, chosen))
+    the_plan = plan(playbooks, topology=topology, pattern=pattern)
     if list_only:
         t = Table("playbook", "scenario", "parameters", "expected outcome")
-        for pb, _topo, chosen in plans:
-            for r in scenario_rows(chosen):
+        for pp in the_plan.playbooks:
+            for r in scenario_rows(pp.scenarios):
                 t.add_row(
-                    pb.name,
+                    pp.name,
                     r.name,
                     ", ".join(f"{k}={v}" for k, v in r.params.items()),
                     r.outcome or "",
                 )
         out.print(t)
         return
-    all_passed = True
-    for pb, topo, _chosen in plans:
-        dest = (
-            Path(out_dir) / pb.name
-            if out_dir and len(plans) > 1
-            else (Path(out_dir) if out_dir else default_out_dir(pb))
-        )
-        spinner = Spinner("dots", text=f"{pb.name}: starting")
+    spinner = Spinner("dots", text="starting")
 
-        def progress(msg: str, spinner: Spinner = spinner) -> None:
-            spinner.update(text=msg)
+    def done(s: ScenarioResult) -> None:
+        mark = verdict_mark(s.verdict)
+        why = "" if s.passed else ": " + "; ".join(s.failures)
+        console.print(f"{mark} {s.name} ({s.duration_s:.0f} s){why}", highlight=False)
 
-        def done(s: ScenarioResult) -> None:
-            mark = verdict_mark(s.verdict)
-            why = "" if s.passed else ": " + "; ".join(s.failures)
-            console.print(f"{mark} {s.name} ({s.duration_s:.0f} s){why}", highlight=False)
-
-        with Live(spinner, console=console, transient=True, refresh_per_second=8):
-            result = run_playbook(
-                pb, topo, dest, pattern=pattern, progress=progress, on_scenario=done
-            )
+    def playbook_done(result: RunResult) -> None:
+        dest = Path(result.out_dir or ".")
         out.print(verdict_table(result))
         out.print(f"results: {dest / 'result.json'}")
         print_written(write_reports(dest))  # junit.xml and report.html beside result.json
-        all_passed &= result.passed
-    sys.exit(0 if all_passed else 1)
+
+    with Live(spinner, console=console, transient=True, refresh_per_second=8):
+        runs = run_plan(
+            the_plan,
+            out_dir,
+            progress=lambda msg: spinner.update(text=msg),
+            on_scenario=done,
+            on_run=playbook_done,
+        )
+    sys.exit(0 if all(r.passed for r in runs) else 1)
 
 
 @click.command()

@@ -2,16 +2,28 @@
 
 `Outcome` is what a SPICE client did across a migration, as the classifier
 (testbed.spice.classifier) tells it and a playbook may expect it; the classifier may also
-say `unknown` (`Observed`). `Verdict` is what a scenario came to: PASS (every
-expectation held), FAIL (one missed) or ERROR (the scenario could not run to its end).
+say `unknown` (`Observed`). `migration-failed`: the client may have moved, but libvirt's
+migration job failed, so the run says so rather than seamless. `Verdict` is what a
+scenario came to: PASS (every expectation held), FAIL (one missed) or ERROR (the
+scenario could not run to its end).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-Outcome = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration"]
-Observed = Literal["seamless", "semi-seamless", "switch-host", "lost", "no-migration", "unknown"]
+Outcome = Literal[
+    "seamless", "semi-seamless", "switch-host", "lost", "no-migration", "migration-failed"
+]
+Observed = Literal[
+    "seamless",
+    "semi-seamless",
+    "switch-host",
+    "lost",
+    "no-migration",
+    "migration-failed",
+    "unknown",
+]
 UsbRedir = Literal["migrated", "reconnected", "lost", "kept", "none"]
 MigrationResult = Literal["completed", "failed", "aborted"]
 Verdict = Literal["PASS", "FAIL", "ERROR"]

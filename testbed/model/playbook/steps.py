@@ -25,6 +25,10 @@ from testbed.model.outcome import MigrationResult, Outcome, UsbRedir
 from testbed.model.profile import LinkProfile
 from testbed.model.pydantic_errors import input_keys
 
+FaultKill = Literal[
+    "none", "client", "dst-libvirtd", "src-libvirtd", "src-qemu", "dst-qemu", "delay-line"
+]
+
 DEFAULT_TIMEOUT_MS = 300_000.0  # as the virt layer's MigrationOptions.timeout_s
 MIN_TIMEOUT_MS = 1_000.0  # below this a timeout is a missing unit ("180" is 180 ms)
 
@@ -297,6 +301,15 @@ class WaitStep(Step):
         return self
 
 
+class FaultStep(Step):
+    """Inject a fault: SIGKILL one of the lab's processes (`none` does nothing, so a
+    matrix can leave the fault out)."""
+
+    kind: ClassVar[str] = "fault"
+
+    kill: FaultKill
+
+
 class ExpectStep(Expectation, Step):
     """Expectations for the verdict; all expect steps of a scenario make `Scenario.expect`."""
 
@@ -330,6 +343,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         ConnectClientStep,
         MigrateStep,
         WaitStep,
+        FaultStep,
         ExpectStep,
     )
 }
