@@ -84,6 +84,26 @@ def _ssh_host(
     )
 
 
+def ssh_machine(
+    name: str,
+    address: str,
+    *,
+    key_file: Path,
+    known_hosts: Path,
+    state_dir: PurePosixPath = REMOTE_STATE,
+    connect_timeout: float = 10.0,
+) -> Host:
+    """A machine reached by SSH as root with the given key, its host key checked."""
+    return SshHost(
+        name,
+        address,
+        key_file=key_file,
+        known_hosts=known_hosts,
+        state_dir=state_dir,
+        connect_timeout=connect_timeout,
+    )
+
+
 def sshd_host(
     name: str, address: str, *, key_file: Path, known_hosts: Path, state_dir: Path
 ) -> Host:

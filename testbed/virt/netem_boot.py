@@ -3,7 +3,7 @@
 `start_netem_vm()` gives each VM its own host key and a client key (made here,
 in the VM's state folder), writes them with the VM's address into a small second
 cpio archive appended to the image's rootfs (the kernel unpacks both), and runs
-QEMU inside `netns` through that namespace's LocalHost, recorded in the ledger
+QEMU inside `netns` through that namespace's host, recorded in the ledger
 like any lab process. QEMU makes the VM's tap in `netns` itself (so the tap goes
 with the process); the caller plugs it into a bridge or addresses it there. The
 VM is therefore reached only through that namespace: nothing outside the lab
@@ -31,10 +31,10 @@ from typing import Literal
 from pyroute2 import IPRoute
 
 from testbed.errors import LabError
+from testbed.hosts.base import Host
+from testbed.hosts.factory import namespace_host, ssh_machine
 from testbed.hosts.ledger import Ledger, process_start_time
-from testbed.hosts.local import LocalHost
 from testbed.hosts.procs import alive, stop_netns_processes, stop_recorded
-from testbed.hosts.ssh import SshHost
 from testbed.hosts.sshd import _keygen as sshd_keygen
 from testbed.net.links import add_bridge, attach_root, create_netns, remove_netns, remove_root_link
 from testbed.virt.image import _Cpio
@@ -91,9 +91,9 @@ class NetemVm:
             return "(no console output)"
         return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
-    def ssh_host(self, name: str | None = None, connect_timeout: float = 20.0) -> SshHost:
+    def ssh_host(self, name: str | None = None, connect_timeout: float = 20.0) -> Host:
         """The VM as a `kind: ssh` host: the lab's key, its host key checked, nothing added."""
-        return SshHost(
+        return ssh_machine(
             name or self.name,
             str(self.address.ip),
             key_file=self.client_key,
@@ -190,7 +190,7 @@ def start_netem_vm(
         fh.write(_overlay(vm, gateway))
     vm.console.unlink(missing_ok=True)
     mac = "52:54:00:{:02x}:{:02x}:{:02x}".format(*tuple(addr.ip.packed[1:]))
-    host = LocalHost(f"netem-vm@{name}", netns, state_dir)
+    host = namespace_host(f"netem-vm@{name}", netns, state_dir)
     start = time.monotonic()
     with open(state_dir / "qemu.log", "ab") as out:
         proc = host.popen(
@@ -248,7 +248,7 @@ def _wait(
 @contextmanager
 def scratch_netem_vm(
     tag: str, state_dir: Path, subnet: str = "198.19.253.0/29"
-) -> Iterator[tuple[NetemVm, SshHost]]:
+) -> Iterator[tuple[NetemVm, Host]]:
     """A netem VM on a private bridge the root namespace alone reaches; all removed after.
 
     Namespace `tbnv<tag>` holds a bridge with the VM's tap and a veth whose other end
@@ -260,7 +260,7 @@ def scratch_netem_vm(
     near, far = (ipaddress.IPv4Interface(f"{a}/{net.prefixlen}") for a in list(net.hosts())[:2])
     ledger = Ledger(Path(state_dir) / "ledger.jsonl")
     vm: NetemVm | None = None
-    host: SshHost | None = None
+    host: Host | None = None
     create_netns(ns, ledger)
     try:
         add_bridge(ns, "br0")
