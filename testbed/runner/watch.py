@@ -51,32 +51,24 @@ class MigrationWatch:
         self.end: float | None = None  # monotonic, once finished
         self.error: BaseException | None = None  # raised by `tick`, surfaced by the runner
         self.stalled_at: float | None = None  # percent, when it stalled
-        self._moved = time.monotonic()
-        self._last_bytes: int | None = None
         self._monitor: threading.Thread | None = None
 
     def start(self) -> None:
         self.m.start()
-        self._moved = time.monotonic()
         if self.guard:
             self.guard.start()
         self._monitor = threading.Thread(target=self._watch, daemon=True, name="migration-watch")
         self._monitor.start()
 
     # -- observation -------------------------------------------------------------------
-    def _sample_motion(self) -> None:
-        s = self.m.stats()
-        moved = s.get("data_processed") or s.get("memory_processed")
-        if moved is not None and moved != self._last_bytes:
-            self._last_bytes = moved
-            self._moved = time.monotonic()
-
+    # motion comes from the same job stats that give progress (one libvirt call a sample:
+    # over qemu+ssh a second call per sample made the progress triggers fire late)
     def still_for(self) -> float:
-        """Seconds since a byte last moved (0 before the job started)."""
-        return time.monotonic() - self._moved
+        """Seconds since a byte last moved (since the start before the first byte)."""
+        return time.monotonic() - self.m.moved_at
 
     def limit(self) -> float:
-        return self.stall_s if self._last_bytes else max(self.stall_s, FIRST_BYTE_S)
+        return self.stall_s if self.m.bytes_moved else max(self.stall_s, FIRST_BYTE_S)
 
     def stalled(self) -> bool:
         return not self.m.done and self.still_for() > self.limit()
@@ -85,7 +77,6 @@ class MigrationWatch:
         last = -1.0
         while not self.m.done:
             pct = self.m.progress()
-            self._sample_motion()
             if self.m.elapsed() - last >= 0.5:
                 self.timeline.add("migration.progress", percent=round(pct, 1))
                 last = self.m.elapsed()
@@ -97,7 +88,7 @@ class MigrationWatch:
             time.sleep(0.1)
 
     def _stall_error(self, what: str) -> MigrationStalled:
-        self.stalled_at = round(self.m.progress(), 1)
+        self.stalled_at = round(self.m.last_percent, 1)
         self.timeline.add("migration.stalled", percent=self.stalled_at, still_s=self.stall_s)
         return MigrationStalled(
             f"migration stalled at {self.stalled_at}%: no data moved for {self.stall_s:.0f} s{what}"
@@ -107,7 +98,7 @@ class MigrationWatch:
         """Until progress >= percent or the job ends; a stall or the timeout is an error."""
         deadline = time.monotonic() + timeout_s
         while not self.m.done:
-            if self.m.progress() >= percent:
+            if self.m.last_percent >= percent:  # sampled by the monitor thread
                 return
             if self.stalled():
                 raise self._stall_error(f" (waiting for {percent:g}%)")

@@ -66,6 +66,9 @@ class Migration:
         self._t0 = 0.0
         self._done = threading.Event()
         self._max_pct = 0.0
+        # the job's data counter at the last sample, and when it last changed (monotonic)
+        self.bytes_moved: int | None = None
+        self.moved_at = time.monotonic()
         try:
             self.dom = src.lookupByName(domain)
         except libvirt.libvirtError as e:
@@ -73,7 +76,7 @@ class Migration:
 
     # -- control ------------------------------------------------------------
     def start(self) -> None:
-        self._t0 = time.monotonic()
+        self._t0 = self.moved_at = time.monotonic()
         self.record.started = time.time()
         self.record.result = "running"
         if self.options.bandwidth_mib:
@@ -162,11 +165,20 @@ class Migration:
         moved = s.get("data_processed") or s.get("memory_processed")
         if moved and self.record.first_byte_s is None:
             self.record.first_byte_s = round(self.elapsed(), 3)
+        if moved is not None and moved != self.bytes_moved:
+            self.bytes_moved, self.moved_at = moved, time.monotonic()
         total, remaining = s.get("memory_total"), s.get("memory_remaining")
         if total:
             pct = max(0.0, min(100.0, 100.0 * (1 - (remaining or 0) / total)))
             self._max_pct = max(self._max_pct, pct)
             self.record.progress.append((round(self.elapsed(), 3), round(self._max_pct, 2)))
+        return self._max_pct
+
+    @property
+    def last_percent(self) -> float:
+        """The progress at the last sample, without asking libvirt again."""
+        if self.done:
+            return 100.0 if self.record.result == "completed" else self._max_pct
         return self._max_pct
 
     def wait(self, timeout_s: float | None = None) -> MigrationRecord:
