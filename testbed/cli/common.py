@@ -46,7 +46,8 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except TestbedError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # soft_wrap: a long file:line or path stays whole (rich folds it otherwise)
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
