@@ -51,14 +51,15 @@ def test_dead_destination_releases_the_hold(needs_root: None, tmp_path: Path) ->
         assert time.monotonic() < deadline, "the guard never held"
         assert t.is_alive(), "the scenario ended before the guard held"
         time.sleep(0.1)
-    assert run.lab is not None and run.guard is not None
-    pidfile = run.lab.libvirtd("dst").dir / "libvirtd.pid"
+    lab, watch = run.ctx.lab, run.ctx.watch
+    assert lab is not None and watch is not None and watch.guard is not None
+    pidfile = lab.libvirtd("dst").dir / "libvirtd.pid"
     pid = int(Path(str(pidfile)).read_text().strip())
     killed_at = run.timeline.now()
     os.kill(pid, signal.SIGKILL)
     t.join(300)
     assert not t.is_alive(), "the scenario never ended"
-    guard = run.guard.report
+    guard = watch.guard.report
     assert guard.result == "failed-released", guard.to_json()
     assert "destination" in guard.reason, guard.reason
     release = _event(run, "guard.release")
@@ -68,7 +69,7 @@ def test_dead_destination_releases_the_hold(needs_root: None, tmp_path: Path) ->
     assert 0 <= release["t"] - killed_at < RELEASE_BOUND_S, (release, killed_at)
     # the migration's own bandwidth was restored on the source's job (the first
     # change is the hold at 1 MiB/s, the second the release back to 100)
-    changes = [mib for _t, mib in run.migration.record.bandwidth_changes] if run.migration else []
+    changes = [mib for _t, mib in watch.m.record.bandwidth_changes]
     assert changes[:3] == [100, 1, 100], changes
 
 
@@ -91,8 +92,8 @@ def test_max_downtime_is_restored_after_the_hold(needs_root: None, tmp_path: Pat
     result = run.run()
     assert result.error is None, result.error
     assert result.passed, result.failures
-    guard = result.guard
-    assert guard is not None
+    assert result.guard is not None
+    guard = result.guard.model_dump()  # the typed GuardReport, read as its JSON form
     assert guard["result"] == "released", guard
     release = next(a for a in guard["actions"] if a["action"] == "release")
     assert (release["bandwidth_mib"], release["downtime_ms"]) == (10, 300), release
