@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup apt venv image netem-image test reproduce lint bench clean-labs
+.PHONY: setup apt venv image netem-image test reproduce lint check bench clean-labs
 
 setup: apt venv image netem-image
 
@@ -37,7 +37,13 @@ reproduce: setup
 	tools/reproduce.sh
 
 lint: venv
-	$(BIN)/ruff check testbed tests bench
+	$(BIN)/ruff check testbed tests bench tools
+	$(BIN)/mypy
+
+# A minute's feedback: lint, types and every test that needs no lab (not marked `lab`:
+# no lab, namespace, sshd or VM), on two workers. `make test` stays the full suite.
+check: lint
+	$(BIN)/pytest -q -m "not lab" -n 2
 
 bench: setup
 	$(BIN)/python bench/lab.py

@@ -23,6 +23,8 @@ from testbed.hosts.ssh import stop_remote
 from testbed.spice.client import SpiceClient
 from testbed.spice.screen import DisplayWatcher, clock_offset, list_windows, screenshot
 
+pytestmark = pytest.mark.lab  # a scratch sshd, Xvfb and remote-viewer
+
 # repaints the root window in a new colour 20 times a second
 PAINTER = """
 import time

@@ -92,10 +92,10 @@ def test_max_downtime_is_restored_after_the_hold(needs_root: None, tmp_path: Pat
     result = run.run()
     assert result.error is None, result.error
     assert result.passed, result.failures
-    guard = result.guard
-    assert guard is not None
-    assert guard.result == "released", guard
-    release = next(a.model_dump() for a in guard.actions if a.action == "release")
+    assert result.guard is not None
+    guard = result.guard.model_dump()  # the typed GuardReport, read as its JSON form
+    assert guard["result"] == "released", guard
+    release = next(a for a in guard["actions"] if a["action"] == "release")
     assert (release["bandwidth_mib"], release["downtime_ms"]) == (10, 300), release
     assert "restore_errors" not in release
     assert result.migration.duration_s is not None

@@ -25,6 +25,8 @@ import pytest
 from testbed.hosts.bundle import ensure_bundle
 from testbed.virt.netem_boot import scratch_netem_vm
 
+pytestmark = pytest.mark.lab  # boots the netem VM (QEMU)
+
 HERE = Path(__file__).resolve().parent
 INNER = PurePosixPath("/var/lib/testbed/tests")
 #: file -> which of its tests run inside (those taking `engine` run as [kernel-netem])

@@ -33,6 +33,8 @@ from testbed.net.shaping.kernel import KernelNetemEngine
 from testbed.net.shaping.scratch import ScratchNet
 from testbed.net.shaping.userspace import UserspaceEngine
 
+pytestmark = pytest.mark.lab  # namespaces and a bridge (ScratchNet)
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 ENGINES = {"userspace-nfqueue": UserspaceEngine, "kernel-netem": KernelNetemEngine}
 

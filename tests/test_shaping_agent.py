@@ -35,7 +35,10 @@ from testbed.net.shaping.egress import Egress
 from testbed.net.shaping.hosts import HostAgentsEngine
 from testbed.net.shaping.scratch import ScratchNet
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+pytestmark = [
+    pytest.mark.lab,  # namespaces and the scratch sshd
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
 
 
 def P(**kw: object) -> LinkProfile:  # noqa: N802 - reads like a literal in the tests

@@ -25,6 +25,8 @@ from testbed.hosts.procs import pids_in_netns
 from testbed.hosts.ssh import SshHost, stop_remote
 from testbed.model.topology import load_topology
 
+pytestmark = pytest.mark.lab  # a scratch sshd in a namespace
+
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -20,6 +20,8 @@ from sshlab import PORT, SshLab, behind, hidden_address, ssh_lab
 from testbed.errors import LabError
 from testbed.hosts.ssh import SshHost
 
+pytestmark = pytest.mark.lab  # two scratch sshds
+
 
 @pytest.fixture(scope="module")
 def labs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SshLab, SshLab]]:

@@ -31,6 +31,8 @@ from testbed.lab.teardown import teardown
 from testbed.model.topology import load_topology
 from testbed.spice.screen import screenshot
 
+pytestmark = pytest.mark.lab  # labs on a scratch sshd
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import click
 from rich.console import Console
@@ -23,7 +23,8 @@ out = Console()
 if not out.is_terminal:  # logs and CI: tables wide enough to read whole
     out = Console(width=150)
 DEFAULT_TOPOLOGY = str(shipped.DEFAULT_TOPOLOGY)
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def setup_logging(verbose: int) -> None:
@@ -37,21 +38,22 @@ def setup_logging(verbose: int) -> None:
     logging.getLogger("pyroute2").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
-def friendly_errors(fn: F) -> F:
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Print a TestbedError as one clear message (no traceback) and exit with its code."""
 
     @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except TestbedError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            # soft_wrap: a long file:line or path stays whole (rich folds it otherwise)
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             sys.exit(130)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 @contextmanager

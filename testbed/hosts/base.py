@@ -175,11 +175,11 @@ class Host(Protocol):
         """Copy a folder from the host into `local`; False when it is not there."""
         ...
 
-    def put(self, local: Path, remote: Path) -> None:
+    def put(self, local: Path, remote: PurePath) -> None:
         """Copy a file to the host."""
         ...
 
-    def get(self, remote: Path, local: Path) -> None:
+    def get(self, remote: PurePath, local: Path) -> None:
         """Copy a file from the host."""
         ...
 

@@ -18,7 +18,7 @@ import os
 import tarfile
 import tempfile
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 
 from testbed.hosts.base import Host
 
@@ -77,7 +77,7 @@ def _build() -> tuple[bytes, str]:
     return buf.getvalue(), digest.hexdigest()[:12]
 
 
-def ensure_bundle(host: Host) -> PurePosixPath:
+def ensure_bundle(host: Host) -> PurePath:
     """Send the bundle to `host` unless it has this version; return where it is there."""
     data, version = build()
     where = host.state_dir / f"bundle-{version}"

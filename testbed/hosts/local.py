@@ -184,10 +184,10 @@ class LocalHost(Host):
         shutil.copytree(remote, local, dirs_exist_ok=True)
         return True
 
-    def put(self, local: Path, remote: Path) -> None:
+    def put(self, local: Path, remote: PurePath) -> None:
         if Path(local) != Path(remote):
             Path(remote).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(local, remote)
 
-    def get(self, remote: Path, local: Path) -> None:
-        self.put(remote, local)
+    def get(self, remote: PurePath, local: Path) -> None:
+        self.put(Path(remote), local)

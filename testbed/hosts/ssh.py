@@ -76,7 +76,7 @@ class SshHost(Host):
         self.name = name
         self.alias = address
         self.address = str(cfg.get("hostname", address))
-        self.port = int(port or cfg.get("port", 22))
+        self.port = port or int(cfg.get("port", "22"))
         self.user = str(user or cfg.get("user", "root"))
         if key_file is None and cfg.get("identityfile"):
             key_file = Path(cfg["identityfile"][0])
@@ -536,7 +536,7 @@ class SshHost(Host):
         return res.returncode == 0
 
     # -- files --------------------------------------------------------------------------
-    def put(self, local: Path, remote: Path) -> None:
+    def put(self, local: Path, remote: PurePath) -> None:
         """Copy a file there (fabric's Transfer: SFTP, keeping its mode; with sudo through
         a temporary file of the login user)."""
         local, remote_s = Path(local), str(remote)
@@ -551,7 +551,7 @@ class SshHost(Host):
         if self.sudo:
             self.run(["sh", "-c", 'mv -f "$1" "$2" && chown 0:0 "$2"', "sh", dest, remote_s])
 
-    def get(self, remote: Path, local: Path) -> None:
+    def get(self, remote: PurePath, local: Path) -> None:
         """Copy a file from there (with sudo, through a copy the user can read)."""
         local, remote_s = Path(local), str(remote)
         local.parent.mkdir(parents=True, exist_ok=True)

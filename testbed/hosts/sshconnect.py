@@ -135,7 +135,10 @@ def connect(self: SshHost) -> fabric.Connection:
         ) from None
     except paramiko.ssh_exception.NoValidConnectionsError as e:
         conn.close()
-        reasons = {(err.strerror or str(err)).lower() for err in e.errors.values()}
+        reasons = {
+            ((err.strerror if isinstance(err, OSError) else None) or str(err)).lower()
+            for err in e.errors.values()
+        }
         raise LabError(
             f"{self.name}: cannot reach {where}: {'; '.join(sorted(reasons))}",
             hint=f"is sshd running on {self.address} and listening on port {self.port}?",

@@ -7,7 +7,7 @@ the teardown) knows which libvirtd holds it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePath
 
 from testbed.errors import InputError, LabError
@@ -94,18 +94,18 @@ def start_guest(
     domain = lab.domain_name(name)
     fill = g.fill if fill_mib is None else fill_mib
     dirty = g.dirty_rate if dirty_rate is None else dirty_rate
-    common = {
-        "name": domain,
-        "memory_mib": g.memory,
-        "vcpus": g.vcpus,
-        "accel": accel,
-        "emulator": _emulator(lab, host),
-        "spice_ticket": spice_ticket(lab.dir),
-    }
+    common = DomainSpec(
+        name=domain,
+        memory_mib=g.memory,
+        vcpus=g.vcpus,
+        accel=accel,
+        emulator=_emulator(lab, host),
+        spice_ticket=spice_ticket(lab.dir),
+    )
     if g.image == "default":
         image, _ = build_guest_image()
-        spec = DomainSpec(
-            **common,
+        spec = replace(
+            common,
             kernel=_on_host(lab, host, image.kernel),
             initrd=_on_host(lab, host, image.initrd),
             cmdline=guest_cmdline(fill, dirty),
@@ -118,7 +118,7 @@ def start_guest(
                 file=lab.topology.source,
                 field=f"guests.{name}.image",
             )
-        spec = DomainSpec(**common, disk=_on_host(lab, host, disk))
+        spec = replace(common, disk=_on_host(lab, host, disk))
     for hv in lab.topology.hypervisors():  # wherever it migrates, teardown finds it
         lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
     serial = serial_path(lab, host, domain)

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import LabError
+from testbed.model.hostspec import HostSpec
 from testbed.model.inventory import Inventory, load_inventory
-from testbed.model.topology import HostSpec, Topology
+from testbed.model.topology import Topology
 
 log = logging.getLogger(__name__)
 

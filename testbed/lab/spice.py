@@ -19,15 +19,23 @@ from testbed.lab.ticket import spice_ticket
 from testbed.spice.client import SpiceClient
 
 
-def spice_client(lab: Lab, out_dir: Path, *, client: str = "client", **kw: object) -> SpiceClient:
+def spice_client(
+    lab: Lab,
+    out_dir: Path,
+    *,
+    client: str = "client",
+    name: str = "remote-viewer",
+    extra_args: tuple[str, ...] = (),
+) -> SpiceClient:
     """A remote-viewer on `client`'s X display, recorded in the lab's ledger."""
     return SpiceClient(
         lab.hosts[client],
         lab.display(client),
         lab.ledger,
         out_dir,
+        name=name,
+        extra_args=extra_args,
         ticket=spice_ticket(lab.dir),
-        **kw,  # type: ignore[arg-type]
     )
 
 

@@ -91,7 +91,9 @@ class LabRecord:
 
     def owner_alive(self) -> bool:
         pid = self.info.get("owner_pid")
-        return bool(pid) and same_process(int(pid), self.info.get("owner_start"))
+        if not pid:
+            return False
+        return same_process(int(pid), self.info.get("owner_start"))
 
     @property
     def orphaned(self) -> bool:

@@ -142,11 +142,11 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
                 )
         if len(set(net.members)) != len(net.members):
             fail("a host is listed twice", ("networks", nname, "members"))
-        for host, addr in net.addresses.items():
-            if host not in net.members:
+        for member, addr in net.addresses.items():
+            if member not in net.members:
                 fail(
-                    f"{host!r} is not a member of this network",
-                    ("networks", nname, "addresses", host),
+                    f"{member!r} is not a member of this network",
+                    ("networks", nname, "addresses", member),
                 )
             if addr not in net.subnet or addr in (
                 net.subnet.network_address,
@@ -154,7 +154,7 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
             ):
                 fail(
                     f"{addr} is not a host address of {net.subnet}",
-                    ("networks", nname, "addresses", host),
+                    ("networks", nname, "addresses", member),
                 )
         if len(set(net.addresses.values())) != len(net.addresses):
             fail("two hosts share an address", ("networks", nname, "addresses"))
@@ -165,9 +165,9 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
                 ("links", i, "network"),
             )
         members = topo.networks[link.network].members
-        for key, host in (("from", link.src), ("to", link.dst)):
-            if host not in members:
-                fail(f"{host!r} is not a member of network {link.network!r}", ("links", i, key))
+        for key, member in (("from", link.src), ("to", link.dst)):
+            if member not in members:
+                fail(f"{member!r} is not a member of network {link.network!r}", ("links", i, key))
         if link.src == link.dst:
             fail("a link joins two different hosts", ("links", i))
     for gname, guest in topo.guests.items():
@@ -267,8 +267,8 @@ def _check_host_kind(
             )
         if name not in topo.networks[net].members:
             fail(f"{name!r} is not a member of network {net!r}", ("hosts", name, "interfaces", net))
-    for nname, net in topo.networks.items():
-        if name in net.members and nname not in host.interfaces:
+    for nname, spec in topo.networks.items():
+        if name in spec.members and nname not in host.interfaces:
             fail(
                 f"ssh host {name!r} is on network {nname!r}: say which interface "
                 f"(interfaces: {{{nname}: IFNAME}})",

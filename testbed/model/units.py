@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from testbed.errors import InputError
 
@@ -65,7 +66,7 @@ _PACKETS = {"p": 1, "pkt": 1, "pkts": 1, "packet": 1, "packets": 1}
 
 
 def _split(
-    value: object, what: str, units: dict[str, float | int], field: str | None, example: str
+    value: object, what: str, units: Mapping[str, float], field: str | None, example: str
 ) -> tuple[float, str | None]:
     """Split a value into (number, unit or None); reject anything else clearly."""
     expected = f"{what} such as {example!r} (units: {', '.join(sorted(units))})"

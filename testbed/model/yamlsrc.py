@@ -50,7 +50,7 @@ class _LimitedLoader(yaml.SafeLoader):
             line=mark.line + 1 if mark else None,
         )
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
@@ -137,6 +137,7 @@ class _Builder:
         if (
             self.keep_text
             and self.keep_text(path)
+            and isinstance(node, yaml.ScalarNode)  # collections returned above
             and node.style is None
             and not isinstance(value, str)
         ):
@@ -166,7 +167,7 @@ def load_yaml_text(
     try:
         loader = _LimitedLoader(text, file)  # its reader refuses control characters at once
     except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, e.position) + 1
+        line: int | None = text.count("\n", 0, e.position) + 1
         raise InputError(
             f"not text YAML can hold (character #x{e.character:04x})", file=file, line=line
         ) from None

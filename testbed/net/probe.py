@@ -223,11 +223,13 @@ def probe(
         )
     rtt = None
     if stats is not None and stats.rtt_avg_ms is not None:
+        # parse_ping sets min, avg and max together
+        assert stats.rtt_min_ms is not None and stats.rtt_max_ms is not None
         rtt = {"min": stats.rtt_min_ms, "avg": stats.rtt_avg_ms, "max": stats.rtt_max_ms}
     return ProbeResult(
         src=str(src),
         dst=str(dst),
-        rtt_ms=rtt,  # type: ignore[arg-type]
+        rtt_ms=rtt,
         loss_pct=stats.loss_pct if stats else None,
         goodput_mbit=rate,
         pings=stats.transmitted if stats else 0,

@@ -16,11 +16,12 @@ import libvirt
 
 from testbed.errors import LabError, TestbedError
 from testbed.lab import faults
+from testbed.model.outcome import Outcome
 from testbed.model.playbook import FaultStep
 from testbed.runner.context import Context
 
 log = logging.getLogger(__name__)
-FAILED = "migration-failed"
+FAILED: Outcome = "migration-failed"
 
 
 def fault(ctx: Context, s: FaultStep) -> None:

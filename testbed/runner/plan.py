@@ -75,8 +75,9 @@ def plan(
     out = Plan()
     for p in playbooks:
         pb = p if isinstance(p, Playbook) else load_playbook(playbook_path(str(p)))
-        topo = topology if isinstance(topology, Topology) else None
-        if topo is None:
+        if isinstance(topology, Topology):
+            topo = topology
+        else:
             topo = load_topology(topology or pb.topology or DEFAULT_TOPOLOGY)
         chosen = select(pb.scenarios(), pattern) if pattern else pb.scenarios()
         if not chosen:

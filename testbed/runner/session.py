@@ -21,6 +21,7 @@ from testbed.errors import TestbedError
 from testbed.lab.lab import Lab
 from testbed.lab.spice import guest_display, spice_client
 from testbed.model.playbook import ConnectClientStep
+from testbed.model.result import LagStats, Stretch
 from testbed.runner.result import ScenarioResult
 from testbed.runner.timeline import Timeline
 from testbed.spice.classifier import Classification, classify
@@ -199,14 +200,17 @@ class ClientSession:
         self.result.artifacts["heartbeat"] = str(self.dir / "heartbeat.txt")
         r = analyse(arrivals, self.watcher.frames(), time.monotonic(), switchover)
         t0, c, g = self.timeline.t0, self.result.client, self.result.guest
-        c.frozen_ms, c.lag_ms, c.base_lag_ms = r.frozen_ms, r.lag_ms, r.base_lag_ms
-        c.frozen = r.frozen.to_json(t0) if r.frozen else None
+        c.frozen_ms, c.base_lag_ms = r.frozen_ms, r.base_lag_ms
+        c.lag_ms = LagStats.model_validate(r.lag_ms) if r.lag_ms is not None else None
+        c.frozen = Stretch.model_validate(r.frozen.to_json(t0)) if r.frozen else None
         c.freeze_window = [round(x - t0, 3) for x in r.window] if r.window else None
         c.lag_trace = r.trace(t0)
         g.stall_ms = r.stall_ms
         g.switchover_stall_ms = r.switchover_stall.ms if r.switchover_stall else None
         longest = sorted(r.stalls, key=lambda s: s.start - s.end)[:50]
-        g.stalls = [s.to_json(t0) for s in sorted(longest, key=lambda s: s.start)]
+        g.stalls = [
+            Stretch.model_validate(s.to_json(t0)) for s in sorted(longest, key=lambda s: s.start)
+        ]
 
     # -- the end ---------------------------------------------------------------------
     def stop(self) -> None:

@@ -25,6 +25,7 @@ from testbed.model.playbook import (
     UpStep,
     WaitStep,
 )
+from testbed.model.result import GuardReport
 from testbed.runner.context import Context
 from testbed.runner.faults import fault
 from testbed.runner.watch import MigrationWatch
@@ -168,7 +169,7 @@ def finish_migration(ctx: Context) -> None:
     ctx.say("migrating")
     rec = w.finish()
     if w.guard:
-        ctx.result.guard = w.guard.stop().to_json()
+        ctx.result.guard = GuardReport.model_validate(w.guard.stop().to_json())
     record_location(ctx.need_lab(), w.guest, w.m, w.to)
     ctx.timeline.add(
         "migration.end",
@@ -178,6 +179,7 @@ def finish_migration(ctx: Context) -> None:
         error=rec.error,
     )
     mig = ctx.result.migration
+    assert rec.result != "pending" and rec.result != "running"  # finish() waited for its end
     mig.result, mig.duration_s = rec.result, rec.duration_s
     mig.downtime_ms, mig.bytes = rec.downtime_ms, rec.bytes
     ctx.raise_trigger_error()

@@ -131,14 +131,21 @@ class Classification:
 
 
 class _ServerEvent(Protocol):
-    """What the classifier reads of a testbed.spice.events.ServerEvent (or its JSON form)."""
+    """What the classifier reads of a testbed.spice.events.ServerEvent (or its JSON form);
+    read-only, as the frozen dataclass is."""
 
-    t: float
-    host: str
-    kind: str
-    phase: str
-    detail: str
-    remote: tuple[str, str] | None
+    @property
+    def t(self) -> float: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def phase(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+    @property
+    def remote(self) -> tuple[str, str] | None: ...
 
 
 def _field(e: Any, name: str) -> Any:

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DOWNTIME_MS = 300  # QEMU's default downtime-limit
 UNLIMITED_MIB = 8192
 KEEPALIVE = (1, 3)  # libvirt keepalive on the destination: every 1 s, 3 missed = dead
-Notify = Callable[..., None]
+Notify = Callable[..., object]  # what it returns is not used
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import io
 import json
 import logging
 import os
@@ -43,11 +44,14 @@ QEMU_HINT = "apt-get install qemu-system-x86"
 KERNEL_BANNER = r"Linux version \d"
 
 
+AccelKind = Literal["kvm", "tcg"]
+
+
 @dataclass(frozen=True)
 class Accel:
     """The accelerator to use, why, and whether the answer came from the cache."""
 
-    kind: Literal["kvm", "tcg"]
+    kind: AccelKind
     reason: str
     cached: bool = False
 
@@ -124,7 +128,7 @@ def _store(path: Path, kind: str, reason: str, image: GuestImage, qemu_version: 
 # ---- the probe -----------------------------------------------------------------
 
 
-def _probe(image: GuestImage, emulator: str, deadline_s: float) -> tuple[str, str]:
+def _probe(image: GuestImage, emulator: str, deadline_s: float) -> tuple[AccelKind, str]:
     """Boot once under KVM; return (kind, reason)."""
     try:
         os.close(os.open("/dev/kvm", os.O_RDWR))
@@ -235,9 +239,10 @@ class SerialConsole:
                 self._cond.wait(min(left, 0.5))
 
     def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert isinstance(stdout, io.BufferedReader)  # Popen's default bufsize: buffered
         buf = b""
-        while chunk := self.proc.stdout.read1(4096):
+        while chunk := stdout.read1(4096):
             buf += chunk
             *done, buf = buf.split(b"\n")
             if done:

@@ -13,11 +13,12 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import libvirt
 
 from testbed.errors import LabError
+from testbed.model.outcome import MigrationResult
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ class MigrationOptions:
     timeout_s: float = 300.0
 
 
+MigrationState = Literal["pending", "running"] | MigrationResult
+
+
 @dataclass
 class MigrationRecord:
     started: float = 0.0  # wall clock (time.time())
@@ -40,7 +44,7 @@ class MigrationRecord:
     duration_s: float | None = None
     downtime_ms: int | None = None
     bytes: int | None = None
-    result: str = "pending"  # pending, running, completed, failed, aborted
+    result: MigrationState = "pending"
     error: str | None = None
     first_byte_s: float | None = None  # s since start when the job first reported data moved
     progress: list[tuple[float, float]] = field(default_factory=list)  # (s since start, %)

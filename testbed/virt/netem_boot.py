@@ -31,7 +31,7 @@ from typing import Literal
 from pyroute2 import IPRoute
 
 from testbed.errors import LabError
-from testbed.hosts.base import Host
+from testbed.hosts.base import Host, Process
 from testbed.hosts.factory import namespace_host, ssh_machine
 from testbed.hosts.ledger import Ledger, process_start_time
 from testbed.hosts.procs import alive, stop_netns_processes, stop_recorded
@@ -226,7 +226,7 @@ def _tap_exists(netns: str, tap: str) -> bool:
 
 def _wait(
     vm: NetemVm,
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     done: Callable[[], bool],
     deadline: float,
     what: str,

@@ -24,6 +24,7 @@ Modules, lowest first:
 Selecting scenarios (`-k`) is the runner's (testbed.runner.select).
 """
 
+from testbed.model.outcome import MigrationResult, Outcome, UsbRedir
 from testbed.model.playbook.load import Playbook, load_playbook, parse_playbook
 from testbed.model.playbook.spec import Scenario, ScenarioRow, ScenarioSpec, scenario_rows
 from testbed.model.playbook.steps import (
@@ -35,14 +36,11 @@ from testbed.model.playbook.steps import (
     ExpectStep,
     FaultStep,
     MigrateStep,
-    MigrationResult,
-    Outcome,
     ShapeStep,
     StartGuestStep,
     Step,
     Trigger,
     UpStep,
-    UsbRedir,
     WaitStep,
 )
 from testbed.model.playbook.template import UnsetVariable, substitute

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from testbed.errors import InputError
@@ -230,6 +231,6 @@ def _used_variables(pb: PlaybookSpec, doc: YamlDoc) -> dict[str, PathKey]:
     for i, step in enumerate(pb.steps):
         sources += list(strings(step, ("steps", i)))
     for path, text in sources:
-        for name in template_names(text, lambda msg, path=path: fail_at(doc, msg, path)):
+        for name in template_names(text, partial(fail_at, doc, path=path)):
             used.setdefault(name, path)
     return used

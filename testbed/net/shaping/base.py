@@ -105,7 +105,7 @@ def differences(asked: LinkProfile | None, held: LinkProfile | None) -> list[str
         if not math.isclose(getattr(a, name), getattr(h, name), abs_tol=1e-6):
             out.append(f"{name}: asked {getattr(a, name)}, holds {getattr(h, name)}")
     if (a.rate_bit is None) != (h.rate_bit is None) or (
-        a.rate_bit is not None and abs(a.rate_bit - h.rate_bit) >= 8  # type: ignore[operator]
+        a.rate_bit is not None and h.rate_bit is not None and abs(a.rate_bit - h.rate_bit) >= 8
     ):
         out.append(f"rate_bit: asked {a.rate_bit}, holds {h.rate_bit}")
     if a.jitter_ms and a.jitter_distribution != h.jitter_distribution:

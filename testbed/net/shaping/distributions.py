@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from testbed.errors import CapabilityMissing
+from testbed.model.profile import Distribution
 
 NETEM_DIST_SCALE = 8192
 TABLE_DIRS = (
@@ -25,7 +26,7 @@ TABLE_DIRS = (
     "/usr/share/tc",
     "/lib/tc",
 )
-TABLED = ("normal", "pareto", "paretonormal")
+TABLED: tuple[Distribution, ...] = ("normal", "pareto", "paretonormal")
 
 
 @cache
@@ -54,7 +55,7 @@ def _parse(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def name_of(dist_table: tuple[int, ...]) -> str | None:
+def name_of(dist_table: tuple[int, ...]) -> Distribution | None:
     """Which distribution a table is (None if it is none of ours)."""
     if not dist_table:
         return "uniform"

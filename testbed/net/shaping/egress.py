@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink import (
@@ -153,9 +153,9 @@ def burst_bytes(rate_bit: int, mtu: int = 1500) -> int:
     return max(int(rate_bit / 8 * BURST_SECONDS), MIN_BURST_FRAMES * (mtu + 14))
 
 
-def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run one netlink conversation to completion from synchronous code."""
-    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    return asyncio.run(coro_fn())
 
 
 def _major(slot: int, minor: int) -> int:
@@ -205,10 +205,22 @@ class Egress:
         run(lambda: self._session(self._clear, missing_ok=True))
 
     # -- netlink -----------------------------------------------------------------------
-    async def _session(self, fn: Callable[..., Awaitable[T]], missing_ok: bool = False) -> T:
+    @overload
+    async def _session(
+        self, fn: Callable[..., Awaitable[T]], missing_ok: Literal[False] = False
+    ) -> T: ...
+
+    @overload
+    async def _session(
+        self, fn: Callable[..., Awaitable[T]], missing_ok: Literal[True]
+    ) -> T | None: ...
+
+    async def _session(
+        self, fn: Callable[..., Awaitable[T]], missing_ok: bool = False
+    ) -> T | None:
         if not netns_exists(self.netns):
             if missing_ok:
-                return None  # type: ignore[return-value]
+                return None
             raise LabError(f"network namespace {self.netns!r} does not exist")
         # CURRENT: this process's own namespace (an agent on its host), no NetNS helper
         ns = None if self.netns == CURRENT else self.netns
@@ -216,7 +228,7 @@ class Egress:
             links = [m async for m in await ipr.link("dump") if m.get("ifname") == self.ifname]
             if not links:
                 if missing_ok:
-                    return None  # type: ignore[return-value]
+                    return None
                 where = f"namespace {self.netns!r}" if self.netns else "this host's namespace"
                 raise LabError(f"no interface {self.ifname!r} in {where}")
             self._mtu = links[0].get("mtu") or 1500
@@ -288,8 +300,8 @@ class Egress:
         keep: dict[str, int] = {}
         for node, m in st.filters.items():
             good = m.dst in wanted and m.classid == nl.handle(ROOT_MAJOR, node)
-            if good and m.dst not in keep and m.prio == FILTER_PRIO:
-                keep[m.dst] = node  # type: ignore[index]
+            if good and m.dst is not None and m.dst not in keep and m.prio == FILTER_PRIO:
+                keep[m.dst] = node
                 continue
             ref = nl.u32_filter_ref(index, root, m.prio, node)
             await self.request(ipr, ref, RTM_DELTFILTER, _REQ)
@@ -303,11 +315,12 @@ class Egress:
         # 2. classes and leaves first, filter last: a new peer's traffic finds a ready class
         free = (m for m in range(FIRST_MINOR, LAST_MINOR + 1) if m not in keep.values())
         for dst in sorted(wanted):
-            minor = keep.get(dst)
-            if minor is None:
-                minor = next(free, None)
-                if minor is None:
+            found = keep.get(dst)
+            if found is None:
+                found = next(free, None)
+                if found is None:
                     raise LabError(f"{self!r}: more than {LAST_MINOR - FIRST_MINOR} peers")
+            minor = found
             if st.classes.get(minor) != UNSHAPED_RATE_BIT:
                 await self._set_class(ipr, index, minor)
             await self._set_leaf(ipr, index, minor, wanted[dst], st)
@@ -335,7 +348,7 @@ class Egress:
         tbf = nl.handle(_major(TBF[0], minor))
         limit = want.child.limit
         fresh = cur is None or cur.handle != tbf or cur.kind != "tbf"
-        if fresh or cur.value != want.rate_bit:  # type: ignore[union-attr]
+        if fresh or (cur is not None and cur.value != want.rate_bit):
             # a new tbf makes a bytes fifo child from `limit` until ours is grafted below;
             # a changed one sets a pfifo child's limit (packets) from it
             msg = nl.tbf_qdisc(
@@ -372,8 +385,9 @@ class Egress:
             and (want.dist_table or self.sent_tables.get(cur.handle) == ())
         )
         if in_place:
-            hdl = cur.handle  # type: ignore[union-attr]
-            same = replace(cur.value, dist_table=want.dist_table) == want  # type: ignore[union-attr]
+            assert cur is not None  # in_place says so
+            hdl = cur.handle
+            same = replace(cur.value, dist_table=want.dist_table) == want
             if same and self.sent_tables.get(hdl) == want.dist_table:
                 return
         else:

@@ -55,24 +55,23 @@ def to_leaf(profile: LinkProfile) -> Leaf:
 
 def from_leaf(leaf: Leaf) -> LinkProfile:
     """Read-back: the held qdiscs in profile units (limit always explicit)."""
-    rate = None
-    if isinstance(leaf, Tbf):
-        rate, leaf = leaf.rate_bit, leaf.child  # type: ignore[assignment]
-    if isinstance(leaf, Pfifo):  # as held, unvalidated: a foreign value must still show
-        return LinkProfile.model_construct(rate_bit=rate, limit=leaf.limit)
-    dist = distributions.name_of(leaf.dist_table) if leaf.jitter_ms else "uniform"
+    rate = leaf.rate_bit if isinstance(leaf, Tbf) else None
+    held = leaf.child if isinstance(leaf, Tbf) else leaf
+    if isinstance(held, Pfifo):  # as held, unvalidated: a foreign value must still show
+        return LinkProfile.model_construct(rate_bit=rate, limit=held.limit)
+    dist = distributions.name_of(held.dist_table) if held.jitter_ms else "uniform"
     if dist is None:
         raise LabError("a netem qdisc holds a delay distribution table testbed did not send")
     return LinkProfile.model_construct(
-        delay_ms=leaf.delay_ms,
-        jitter_ms=leaf.jitter_ms,
+        delay_ms=held.delay_ms,
+        jitter_ms=held.jitter_ms,
         jitter_distribution=dist,
-        loss_pct=leaf.loss_pct,
-        duplicate_pct=leaf.duplicate_pct,
-        corrupt_pct=leaf.corrupt_pct,
-        reorder_pct=leaf.reorder_pct,
+        loss_pct=held.loss_pct,
+        duplicate_pct=held.duplicate_pct,
+        corrupt_pct=held.corrupt_pct,
+        reorder_pct=held.reorder_pct,
         rate_bit=rate,
-        limit=leaf.limit,
+        limit=held.limit,
     )
 
 

@@ -40,6 +40,7 @@ def netem_available(netns_name: str | None = None) -> bool:
     elif not os.path.exists(netns_path(netns_name)):
         raise LabError(f"network namespace {netns_name!r} does not exist")
     ns = scratch or netns_name
+    assert ns is not None  # the scratch namespace when none was named
     try:
         err = run(lambda: _try_netem(ns))
     finally:

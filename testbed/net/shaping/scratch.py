@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TypedDict, Unpack
 
 from pyroute2 import IPRoute, netns
 
@@ -19,6 +20,14 @@ from testbed.hosts.nsexec import netns_path
 from testbed.net.shaping.base import Direction, Endpoint
 
 log = logging.getLogger(__name__)
+
+
+class ScratchOptions(TypedDict, total=False):
+    """What ScratchNet.create passes on besides the prefix."""
+
+    network: str
+    subnet: str
+    names: tuple[str, ...]
 
 
 @dataclass
@@ -33,8 +42,8 @@ class ScratchNet:
     namespaces: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, prefix: str | None = None, **kw: object) -> ScratchNet:
-        net = cls(prefix=prefix or f"tbsh{os.getpid()}", **kw)  # type: ignore[arg-type]
+    def create(cls, prefix: str | None = None, **kw: Unpack[ScratchOptions]) -> ScratchNet:
+        net = cls(prefix=prefix or f"tbsh{os.getpid()}", **kw)
         try:
             net._build()
         except BaseException:
