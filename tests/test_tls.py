@@ -49,15 +49,17 @@ def test_ticket_is_used_and_never_written_out(needs_root: None, tmp_path: Path) 
     t = threading.Thread(target=lambda: box.setdefault("r", run.run()), daemon=True)
     t.start()
     deadline = time.monotonic() + 120
-    while run.client is None or run.client.pid is None:
+    ctx = run.ctx
+    while ctx.session is None or ctx.session.client is None or ctx.session.client.pid is None:
         assert time.monotonic() < deadline and t.is_alive(), "the client never started"
         time.sleep(0.1)
-    assert run.lab is not None
-    ticket_path = run.lab.dir / TICKET_FILE
-    ticket = spice_ticket(run.lab.dir)
+    client, lab = ctx.session.client, ctx.lab
+    assert lab is not None
+    ticket_path = lab.dir / TICKET_FILE
+    ticket = spice_ticket(lab.dir)
     assert len(ticket) >= 20
     assert stat.S_IMODE(ticket_path.stat().st_mode) == 0o600
-    argv = Path(f"/proc/{run.client.pid}/cmdline").read_bytes()
+    argv = Path(f"/proc/{client.pid}/cmdline").read_bytes()
     assert b"remote-viewer" in argv and ticket.encode() not in argv, argv
     t.join(300)
     assert not t.is_alive()
