@@ -52,13 +52,18 @@ class GuestDisplay:
         return f"spice://{self.address}:{self.port}"
 
 
-def _running_on(lab: Lab, host: str, domain: str) -> libvirt.virDomain | None:
+def _running_on(lab: Lab, host: str, domain: str, why: list[str]) -> libvirt.virDomain | None:
+    """The domain if it runs on `host`; otherwise None, and what libvirt said in `why`."""
     try:
         dom = lab.conn(host).lookupByName(domain)
-    except libvirt.libvirtError:
+        state, _reason = dom.state()
+    except libvirt.libvirtError as e:
+        why.append(f"{host}: {e}")
         return None
-    state, _reason = dom.state()
-    return dom if state == libvirt.VIR_DOMAIN_RUNNING else None
+    if state != libvirt.VIR_DOMAIN_RUNNING:
+        why.append(f"{host}: state {state}")
+        return None
+    return dom
 
 
 def guest_display(lab: Lab, guest: str) -> GuestDisplay:
@@ -72,8 +77,9 @@ def guest_display(lab: Lab, guest: str) -> GuestDisplay:
         first = [location(lab, guest)]
     except LabError:
         first = []
+    why: list[str] = []
     for host in [*first, *(h for h in lab.topology.hypervisors() if h not in first)]:
-        dom = _running_on(lab, host, domain)
+        dom = _running_on(lab, host, domain, why)
         if dom is None:
             continue
         g = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='spice']")
@@ -85,4 +91,6 @@ def guest_display(lab: Lab, guest: str) -> GuestDisplay:
         if port <= 0 or not addr:
             raise LabError(f"guest {guest} on {host}: SPICE has no port or address yet ({port})")
         return GuestDisplay(host, addr, port)
-    raise LabError(f"guest {guest} is not running on any hypervisor of lab {lab.id}")
+    raise LabError(
+        f"guest {guest} is not running on any hypervisor of lab {lab.id} ({'; '.join(why)})"
+    )
