@@ -6,6 +6,7 @@ and ledger are handed to it.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,17 +62,37 @@ def _running_on(lab: Lab, host: str, domain: str, why: list[str]) -> libvirt.vir
         why.append(f"{host}: {e}")
         return None
     if state != libvirt.VIR_DOMAIN_RUNNING:
-        why.append(f"{host}: state {state}")
+        why.append(f"{host}: {'paused' if state == libvirt.VIR_DOMAIN_PAUSED else state}")
         return None
     return dom
+
+
+SWITCHOVER_WAIT_S = 15.0  # a guest paused on every host is mid-switchover: wait this long
 
 
 def guest_display(lab: Lab, guest: str) -> GuestDisplay:
     """The SPICE address and port of `guest` on the hypervisor where it runs now.
 
     During a migration the destination holds a paused copy; the running one
-    (the source, until the switchover) is the one a client should reach.
+    (the source, until the switchover) is the one a client should reach. At the
+    switchover itself the guest is paused everywhere for a moment: wait until it runs
+    on one side, rather than fail a client that connects just then.
     """
+    deadline = time.monotonic() + SWITCHOVER_WAIT_S
+    while True:
+        try:
+            return _display_now(lab, guest)
+        except _PausedEverywhere as e:
+            if time.monotonic() > deadline:
+                raise LabError(str(e)) from None
+            time.sleep(0.1)
+
+
+class _PausedEverywhere(LabError):
+    pass
+
+
+def _display_now(lab: Lab, guest: str) -> GuestDisplay:
     domain = lab.domain_name(guest)
     try:
         first = [location(lab, guest)]
@@ -91,6 +112,7 @@ def guest_display(lab: Lab, guest: str) -> GuestDisplay:
         if port <= 0 or not addr:
             raise LabError(f"guest {guest} on {host}: SPICE has no port or address yet ({port})")
         return GuestDisplay(host, addr, port)
-    raise LabError(
-        f"guest {guest} is not running on any hypervisor of lab {lab.id} ({'; '.join(why)})"
-    )
+    msg = f"guest {guest} is not running on any hypervisor of lab {lab.id} ({'; '.join(why)})"
+    if why and all(w.endswith(": paused") for w in why):
+        raise _PausedEverywhere(msg)
+    raise LabError(msg)
