@@ -36,16 +36,20 @@ def scenario(run: dict, name: str) -> dict:
     return next(s for s in run["scenarios"] if s["name"] == name)
 
 
-# Known regression, open: on ssh-local the late client's connect (at 30 %) now finds the
-# guest "not running on any hypervisor" (libvirt over qemu+ssh during the migration), so
-# the late-client scenarios end in error there. local is unaffected. Not strict: a run
-# that passes must not turn the suite red.
-SSH_LATE_CLIENT = "late-client connect over qemu+ssh finds no running guest (open regression)"
+# Known regression, open: on ssh-local the migration's progress samples stall for 6-8 s
+# near the switchover (job stats over qemu+ssh), so the late client's "at 30 %" connect
+# comes only at the switchover: the scenario then ends in error (guest paused
+# everywhere, before the wait in guest_display) or as no-migration (the client connected
+# after it). local is unaffected. Only these two results are excused; any other fails.
+SSH_LATE_CLIENT = "late client's 30 % trigger fires at the switchover on ssh-local (open)"
 
 
 def _known_ssh_late_client(run: dict, name: str) -> None:
     s = scenario(run, name)
-    if "ssh" in run["topology"] and "not running on any hypervisor" in (s["error"] or ""):
+    late = "not running on any hypervisor" in (s["error"] or "") or (
+        s["outcome"] == "no-migration" and name.startswith("late-client/")
+    )
+    if "ssh" in run["topology"] and late:
         pytest.xfail(SSH_LATE_CLIENT)
 
 
