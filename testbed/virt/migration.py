@@ -164,7 +164,7 @@ class Migration:
     def progress(self) -> float:
         """Percent of guest memory sent in the first pass (monotonic, 0-100)."""
         if self.done:
-            return 100.0 if self.record.result == "completed" else self._max_pct
+            return self.last_percent
         s = self.stats()
         moved = s.get("data_processed") or s.get("memory_processed")
         if moved and self.record.first_byte_s is None:
