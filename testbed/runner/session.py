@@ -58,7 +58,12 @@ class ClientSession:
         self.watcher: DisplayWatcher | None = None
 
     # -- connecting ------------------------------------------------------------------
-    def connect(self, s: ConnectClientStep, migration: Migration | None) -> None:
+    def connect(
+        self, s: ConnectClientStep, migration: Migration | None, at_pct: float | None = None
+    ) -> None:
+        """Connect the client; `at_pct` is the progress sample that fired its trigger
+        (asking libvirt again after the connect would read a later, larger figure)."""
+        at = migration.elapsed() if migration else 0.0
         if self.client is None:
             self.client = spice_client(self.lab, self.dir, client=s.client)
         where = guest_display(self.lab, s.guest)
@@ -66,7 +71,7 @@ class ClientSession:
         self.guest = s.guest
         data: dict[str, Any] = {"uri": where.uri, "trigger": s.when.kind}
         if migration:
-            at, pct = migration.elapsed(), migration.progress()
+            pct = migration.last_percent if at_pct is None else at_pct
             self.result.client.connected_at_s = round(at, 3)
             self.result.client.connected_at_progress = round(pct, 1)
             data.update(after_migration_start_s=round(at, 3), progress=round(pct, 1))

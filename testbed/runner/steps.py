@@ -109,7 +109,11 @@ def fire_due_triggers(ctx: Context, m: Migration, pct: float) -> None:
     for s in list(ctx.pending):
         if due(s.when, m, pct):
             ctx.pending.remove(s)
-            ctx.client_session().connect(s, m)
+            if s.when.kind == "progress" and pct >= 100 > (s.when.value or 0):
+                # the first pass ended between two samples: the client comes at the
+                # end of the copy, not where the playbook asked; say so in the timeline
+                ctx.timeline.add("client.trigger-late", when=s.when.kind, value=s.when.value)
+            ctx.client_session().connect(s, m, pct)
 
 
 def migrate(ctx: Context, s: MigrateStep) -> None:
