@@ -14,12 +14,11 @@ from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
 from testbed.lab.ticket import spice_ticket
 from testbed.virt.accel import READY_MARKER, probe_accel
-from testbed.virt.domain import DomainSpec, start_domain, wait_for_serial
+from testbed.virt.domain import DEFAULT_EMULATOR, DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
 from testbed.virt.migration import Migration, MigrationOptions
 
 log = logging.getLogger(__name__)
-DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from testbed.net.links import (
     create_netns,
     root_addresses,
 )
+from testbed.virt.domain import DEFAULT_EMULATOR
 from testbed.virt.libvirtd import Libvirtd, LibvirtdConfig, new_host_uuid
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,7 @@ class Lab:
                 host_uuid=new_host_uuid(),
             )
             daemon = self.libvirtd(name)
-            pid = daemon.start(cfg, self.ledger)
+            pid = daemon.start(cfg, self.ledger, emulator=spec.emulator or DEFAULT_EMULATOR)
             self.record.info["hosts"][name].update(libvirt_uri=daemon.uri, libvirtd_pid=pid)
         if "client" in spec.roles:
             progress(f"X display on {name}")

@@ -19,6 +19,7 @@ from testbed.hosts.base import Host
 from testbed.virt.conn import open_conn
 
 SERIAL_DIR = "/var/log/libvirt/qemu"
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"  # a host without `emulator:` runs this
 
 
 @dataclass(frozen=True)
