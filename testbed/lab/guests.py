@@ -100,6 +100,7 @@ def start_guest(
         accel=accel,
         emulator=_emulator(lab, host),
         spice_ticket=spice_ticket(lab.dir),
+        spice_tls=lab.topology.spice_tls,
     )
     if g.image == "default":
         image, _ = build_guest_image()

@@ -88,6 +88,11 @@ class Topology(Strict):
         description="local hosts only: `ssh` drives each namespace host over SSH alone "
         "(a real sshd in each, keys made at `testbed up`)",
     )
+    spice_tls: bool = Field(
+        False,
+        description="SPICE over TLS only: a CA and server certificates made per lab, the "
+        "client verifying them (and the migration target's subject)",
+    )
     source: str | None = Field(None, exclude=True)
 
     def hypervisors(self) -> list[str]:

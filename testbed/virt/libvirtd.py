@@ -41,6 +41,7 @@ class LibvirtdConfig:
     display_address: str | None
     migration_address: str | None
     host_uuid: str
+    spice_tls_dir: PurePath | None = None  # ca-cert.pem, server-cert.pem, server-key.pem
 
 
 def qemu_conf(cfg: LibvirtdConfig) -> str:
@@ -51,10 +52,12 @@ def qemu_conf(cfg: LibvirtdConfig) -> str:
         "dynamic_ownership = 0",
         'stdio_handler = "file"',
         "namespaces = [ ]",
-        "spice_tls = 0",
+        "spice_tls = 1" if cfg.spice_tls_dir else "spice_tls = 0",
         "remote_display_port_min = 5900",
         "remote_display_port_max = 5999",
     ]
+    if cfg.spice_tls_dir:
+        lines.append(f'spice_tls_x509_cert_dir = "{cfg.spice_tls_dir}"')
     if cfg.display_address:
         lines.append(f'spice_listen = "{cfg.display_address}"')
         lines.append(f'vnc_listen = "{cfg.display_address}"')
