@@ -20,24 +20,16 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from testbed.errors import LabError
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
+from testbed.model.playbook import FaultKill
 from testbed.spice.client import SpiceClient
 
-FaultKind = Literal[
-    "client",
-    "dst-libvirtd",
-    "src-libvirtd",
-    "src-qemu",
-    "dst-qemu",
-    "delay-line",
-    "dst-sshd",
-    "src-sshd",
-]
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+# the kinds a playbook can name (its `none` aside): defined once, in the model
+FAULT_KINDS: tuple[str, ...] = tuple(k for k in get_args(FaultKill) if k != "none")
 
 
 @dataclass
