@@ -25,7 +25,7 @@ from typing import Any, get_args
 from testbed.errors import LabError
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
-from testbed.model.playbook import FaultKill
+from testbed.model.playbook.steps import FaultKill
 from testbed.spice.client import SpiceClient
 
 # the kinds a playbook can name (its `none` aside): defined once, in the model
