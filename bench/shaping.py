@@ -1,8 +1,9 @@
 """Benchmark: how close the shaping engine gets to what it is asked, on scratch namespaces.
 
-Sweeps delay (0, 10, 100, 500 ms), rate (1, 10, 100 mbit, each at 0 and 100 ms) and loss
-(0, 1, 5 %), plus TCP through the delay line; prints per point asked vs measured and the
-error, as JSON (stdout) and a table (stderr). Goals (userspace engine):
+Sweeps delay (0, 10, 100, 500 ms), rate (1, 10, 100 mbit, each at 0 and 100 ms), the low
+end (256, 512, 1000 kbit at 0, 10, 100 ms), loss (0, 1, 5 %), plus TCP through the delay
+line; prints per point asked vs measured and the error, as JSON (stdout) and a table
+(stderr). Goals (userspace engine):
 - RTT error at most 1 ms + 3 % of the asked delay;
 - goodput 90-102 % of the asked rate up to 100 mbit at up to 100 ms delay;
 - one TCP flow through the delay line: >= 500 Mbit/s with no added delay (1 us, so the
@@ -40,6 +41,9 @@ from testbed.net.shaping.scratch import ScratchNet
 DELAYS_MS = (0, 10, 100, 500)
 RATES_MBIT = (1, 10, 100)
 RATE_DELAYS_MS = (0, 100)
+# the low end slow WAN clients live on: each rate at each delay
+LOW_RATES_KBIT = (256, 512, 1000)
+LOW_DELAYS_MS = (0, 10, 100)
 LOSSES_PCT = (0, 1, 5)
 LOSS_PROBES = 400
 
@@ -102,6 +106,29 @@ def run(eng: ShapingEngine, net: ScratchNet) -> dict[str, Any]:
                     goal="90-102 % of rate",
                     asked_value=rate,
                     measured_value=round(g, 3),
+                )
+            )
+
+    for delay in LOW_DELAYS_MS:
+        for kbit in LOW_RATES_KBIT:
+            shape(rate=f"{kbit}kbit", delay=f"{delay}ms")
+            # a few seconds more at the low end: slow start and the first queue fill
+            # are a larger share of a short window there
+            r = probe(c, d, pings=0, goodput_s=6.0, omit_s=2.0)
+            g = r.goodput_mbit or 0.0
+            pct = 100.0 * g / (kbit / 1000)
+            points.append(
+                point(
+                    "low-rate",
+                    f"rate {kbit}kbit, delay {delay}ms",
+                    asked=f"{kbit} kbit/s",
+                    measured=f"{g * 1000:.1f} kbit/s",
+                    error=round(pct - 100, 2),
+                    unit="%",
+                    ok=90 <= pct <= 102,
+                    goal="90-102 % of rate",
+                    asked_value=kbit / 1000,
+                    measured_value=round(g, 4),
                 )
             )
 
