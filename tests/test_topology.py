@@ -49,7 +49,7 @@ def test_local_topology_loads() -> None:
     t = load_topology(REPO / "topologies" / "local.yaml")
     assert t.hypervisors() == ["src", "dst"]
     assert t.clients() == ["client"]
-    assert t.guests["vm"].memory == 128  # MiB: the 64 MiB fill is most of it (see local.yaml)
+    assert t.guests["vm"].memory == 256
     for name, net in t.networks.items():
         assert net.subnet.subnet_of(ipaddress.ip_network("198.18.0.0/15")), name
     assert str(t.address("display", "client")) == "198.18.1.1"

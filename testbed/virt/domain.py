@@ -95,7 +95,7 @@ def domain_xml(spec: DomainSpec) -> str:
     <graphics type='spice' autoport='yes'{ticket}>
       <listen type='address'/>{channels}
     </graphics>
-    <video><model type='qxl'/></video>
+    <video><model type='qxl' ram='16384' vram='16384' vgamem='8192'/></video>
     <controller type='usb' model='qemu-xhci'/>
     <redirdev bus='usb' type='spicevmc'/>
     <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>

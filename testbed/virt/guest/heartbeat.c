@@ -7,7 +7,8 @@
  *
  * What it does, with parameters read from /proc/cmdline:
  *   tb.fill=<MiB>    fill that much anonymous memory with pseudo-random data
- *                    (not zero pages, not compressible), then print
+ *                    (not zero pages, not compressible), spread evenly over the
+ *                    guest's free RAM (see main), then print
  *                    "TESTBED-FILLED <MiB>" and "TESTBED-GUEST-READY" on ttyS0;
  *   tb.dirty=<MiB/s> rewrite that much of it per second, a slice every tick;
  *   tb.hz=<Hz>       tick rate. Every tick: redraw the VGA text screen
@@ -99,6 +100,29 @@ static void parse_cmdline(struct params *p)
 		p->hz = 1;
 	if (p->hz > 1000)
 		p->hz = 1000;
+}
+
+/* Pages to spread `pages` over: MemFree less a margin for the guest's own use (it
+ * runs nothing else), never less than `pages` (then no spreading). */
+static size_t spread_pages(size_t pages)
+{
+	FILE *f = fopen("/proc/meminfo", "r");
+	unsigned long kb = 0;
+	char line[128];
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemFree: %lu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	size_t margin = 16 * MIB / PAGE, avail = kb * 1024 / PAGE;
+	size_t span = avail > margin ? avail - margin : 0;
+	return span > pages ? span : pages;
+}
+
+/* Where page j of `pages` fill pages lies in a span of `span` pages: evenly spaced. */
+static size_t kept(size_t j, size_t pages, size_t span)
+{
+	return (size_t)((uint64_t)j * span / pages);
 }
 
 static void fill_random(uint64_t *words, size_t count)
@@ -246,22 +270,45 @@ int main(void)
 	say("TESTBED-CONFIG fill=%ld dirty=%g hz=%ld\n", p.fill_mib, p.dirty_mib_s, p.hz);
 
 	size_t bytes = (size_t)p.fill_mib * MIB;
+	size_t pages = bytes / PAGE, span = pages;
 	uint64_t *mem = NULL;
 	if (bytes) {
-		mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		/* Spread the fill over the guest's free RAM: fault a span of pages in order
+		 * (consecutive faults get neighbouring physical pages), fill evenly spaced ones
+		 * with random data and hand the others back still zero. The migration then
+		 * meets data evenly from the first guest page to the last, so its progress
+		 * (the share of RAM scanned; zero pages scan at once) climbs steadily to the
+		 * end of the first pass and "at N %" means N % of the copy. */
+		span = spread_pages(pages);
+		mem = mmap(NULL, span * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			   -1, 0);
 		if (mem == MAP_FAILED) {
 			say("TESTBED-GUEST-ERROR cannot map %ld MiB: %s\n", p.fill_mib, strerror(errno));
 			return 1;
 		}
-		fill_random(mem, bytes / sizeof(uint64_t));
+		for (size_t i = 0, j = 0; i < span; i++) { /* page j of the fill is page kept(j) */
+			uint64_t *page = mem + i * (PAGE / 8);
+			if (j < pages && i == kept(j, pages, span)) {
+				fill_random(page, PAGE / 8);
+				j++;
+			} else {
+				*(volatile uint64_t *)page = 0; /* faulted in, left zero */
+			}
+		}
+		for (size_t j = 0; j < pages; j++) { /* the zero pages between go back */
+			size_t from = kept(j, pages, span) + 1;
+			size_t to = j + 1 < pages ? kept(j + 1, pages, span) : span;
+			if (to > from)
+				madvise((char *)mem + from * PAGE, (to - from) * PAGE, MADV_DONTNEED);
+		}
 	}
-	say("TESTBED-FILLED %ld\n", p.fill_mib);
+	say("TESTBED-FILLED %ld (spread over %zu MiB)\n", p.fill_mib, span * PAGE / MIB);
 
 	struct screen scr = {.fd = -1};
 	screen_open(&scr);
 	say("TESTBED-GUEST-READY\n");
 
-	size_t pages = bytes / PAGE, cursor = 0;
+	size_t cursor = 0;
 	double dirty_pages_per_tick = p.dirty_mib_s * MIB / PAGE / p.hz, owed = 0;
 	uint64_t period = 1000000000ULL / p.hz, next = now_ns();
 	for (unsigned long seq = 1;; seq++) {
@@ -270,7 +317,7 @@ int main(void)
 		if (pages) {
 			owed += dirty_pages_per_tick;
 			for (; owed >= 1; owed -= 1, cursor = (cursor + 1) % pages)
-				fill_random(mem + cursor * (PAGE / 8), PAGE / 8);
+				fill_random(mem + kept(cursor, pages, span) * (PAGE / 8), PAGE / 8);
 		}
 		next += period;
 		uint64_t now = now_ns();
