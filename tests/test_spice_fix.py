@@ -1,0 +1,61 @@
+"""The bug 884631 fix inside spice-server: the build `make setup` makes, and what ran.
+
+The build tests read the real build in ~/.cache/testbed/builds (made by `make setup`,
+`make spice-fix`); the lab tests run real migrations on the local lab with the
+patched library mapped by both QEMUs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testbed.shipped import PATCHES
+from testbed.virt.builds import build_key, patches, spice_server_build
+from testbed.virt.elfnote import gnu_build_id
+
+STOCK_LIB = Path("/usr/lib/x86_64-linux-gnu/libspice-server.so.1.14.2")
+
+
+def _readelf_build_id(path: Path) -> str:
+    out = subprocess.run(["readelf", "-n", str(path)], capture_output=True, text=True).stdout
+    return next(ln.split(":", 1)[1].strip() for ln in out.splitlines() if "Build ID" in ln)
+
+
+def test_build_id_matches_readelf() -> None:
+    """The pure ELF note reader agrees with binutils on the stock and the patched library."""
+    if not STOCK_LIB.exists():
+        pytest.skip(f"needs Debian's libspice-server1 ({STOCK_LIB})")
+    b = spice_server_build()
+    for lib in (STOCK_LIB, b.library):
+        assert gnu_build_id(lib.read_bytes()) == _readelf_build_id(lib)
+    assert b.build_id != gnu_build_id(STOCK_LIB.read_bytes())
+    assert gnu_build_id(b"\x7fELF" + bytes(60)) is None
+    assert gnu_build_id(b"not an elf") is None
+
+
+def test_build_is_there_and_names_its_inputs() -> None:
+    """make setup built the library and its wrapper for today's source and patches."""
+    b = spice_server_build()
+    assert b.library.is_file() and b.library.parent == b.dir / "lib"
+    assert (b.dir / "lib" / "libspice-server.so.1").resolve() == b.library
+    text = b.emulator.read_text()
+    assert f"LD_LIBRARY_PATH={b.dir / 'lib'}" in text and "exec /usr/bin/qemu-system-x86_64" in text
+    assert b.version == "0.15.1"
+    # the wrapper runs QEMU, and that QEMU finds its modules
+    out = subprocess.run([str(b.emulator), "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "QEMU emulator" in out.stdout
+
+
+def test_build_key_follows_the_patches(tmp_path: Path) -> None:
+    """An edited patch or another source upload is another build; the same inputs, the same."""
+    ps = patches()
+    assert [p.parent for p in ps] == [PATCHES / "spice-server"] * len(ps) and len(ps) >= 2
+    dsc = ("spice_0.15.1-1.dsc", "fc77")
+    assert build_key(dsc, ps) == build_key(dsc, ps)
+    assert build_key(dsc, ps) != build_key(("spice_0.15.1-2.dsc", "ab12"), ps)
+    edited = tmp_path / ps[0].name
+    edited.write_bytes(ps[0].read_bytes() + b"\n")
+    assert build_key(dsc, ps) != build_key(dsc, [edited, *ps[1:]])
