@@ -11,10 +11,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from testbed.errors import InputError
+from testbed.model.hostspec import HostSpec
 from testbed.shipped import PATCHES
 from testbed.virt.builds import build_key, patches, spice_server_build
 from testbed.virt.elfnote import gnu_build_id
+from testbed.virt.qemu_maps import SPICE_SERVER, mapped_path
 
 STOCK_LIB = Path("/usr/lib/x86_64-linux-gnu/libspice-server.so.1.14.2")
 
@@ -59,3 +63,32 @@ def test_build_key_follows_the_patches(tmp_path: Path) -> None:
     edited = tmp_path / ps[0].name
     edited.write_bytes(ps[0].read_bytes() + b"\n")
     assert build_key(dsc, ps) != build_key(dsc, [edited, *ps[1:]])
+
+
+def test_missing_build_is_an_input_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host asking for the patched server on a machine without the build: run make setup."""
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path))
+    with pytest.raises(InputError, match="not built") as e:
+        spice_server_build()
+    assert "make setup" in str(e.value)
+
+
+def test_patched_and_an_emulator_of_ones_own_conflict() -> None:
+    assert HostSpec(roles=["hypervisor"], spice_server="patched").emulator is None
+    with pytest.raises(ValidationError, match="drop emulator"):
+        HostSpec(roles=["hypervisor"], spice_server="patched", emulator="/usr/bin/qemu-kvm")
+    with pytest.raises(ValidationError):
+        HostSpec(roles=["hypervisor"], spice_server="fixed")
+
+
+def test_mapped_path_reads_proc_maps() -> None:
+    maps = (
+        "7f1c2a000000-7f1c2a020000 r--p 00000000 08:01 1234  /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+        "7f1c2b000000-7f1c2b040000 r--p 00000000 08:01 99 "
+        " /root/.cache/testbed/builds/spice-884631-x/lib/libspice-server.so.1.14.2\n"
+        "7ffd1000-7ffd2000 rw-p 00000000 00:00 0  [stack]\n"
+    )
+    assert mapped_path(maps, SPICE_SERVER) == (
+        "/root/.cache/testbed/builds/spice-884631-x/lib/libspice-server.so.1.14.2"
+    )
+    assert mapped_path(maps.splitlines()[0], SPICE_SERVER) is None
