@@ -7,6 +7,7 @@ patched library mapped by both QEMUs.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -15,11 +16,14 @@ from pydantic import ValidationError
 
 from testbed.errors import InputError
 from testbed.model.hostspec import HostSpec
+from testbed.model.result import RunResult, ScenarioResult
+from testbed.runner.plan import plan, run_plan
 from testbed.shipped import PATCHES
 from testbed.virt.builds import build_key, patches, spice_server_build
 from testbed.virt.elfnote import gnu_build_id
 from testbed.virt.qemu_maps import SPICE_SERVER, mapped_path
 
+REPO = Path(__file__).resolve().parent.parent
 STOCK_LIB = Path("/usr/lib/x86_64-linux-gnu/libspice-server.so.1.14.2")
 
 
@@ -92,3 +96,107 @@ def test_mapped_path_reads_proc_maps() -> None:
         "/root/.cache/testbed/builds/spice-884631-x/lib/libspice-server.so.1.14.2"
     )
     assert mapped_path(maps.splitlines()[0], SPICE_SERVER) is None
+
+
+# ---- on the real lab ------------------------------------------------------------------
+
+BASELINE = """
+name: baseline-stock-patched
+description: the seamless baseline on Debian's spice-server and on the patched one
+topology: {topology}
+vars: {{bandwidth: 20, server: stock}}
+matrix:
+  server:
+    stock: {{server: stock}}
+    patched: {{server: patched}}
+steps:
+  - start_guest: {{guest: vm, spice_server: "{{server}}"}}
+  - connect_client: {{client: client, guest: vm, when: before}}
+  - migrate: {{guest: vm, to: dst, bandwidth: "{{bandwidth}}", wait: true, timeout: 180s}}
+  - expect: {{outcome: seamless, usbredir: migrated, migration: completed}}
+"""
+
+
+def _scenario(run: RunResult, name: str) -> ScenarioResult:
+    return next(s for s in run.scenarios if s.name == name)
+
+
+def _src_qemu_log(s: ScenarioResult) -> str:
+    logs = Path(s.artifacts["logs"]) / "src" / "qemu"
+    return "".join(p.read_text(errors="replace") for p in logs.glob("*-vm.log"))
+
+
+@pytest.fixture(scope="module")
+def fix_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the lab makes network namespaces and runs libvirtd")
+    out = tmp_path_factory.mktemp("fix-server")
+    (run,) = run_plan(
+        plan([REPO / "playbooks" / "bug-884631.yaml"], pattern="fix-server"), out / "bug"
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the lab makes network namespaces and runs libvirtd")
+    out = tmp_path_factory.mktemp("baseline-stock-patched")
+    pb = out / "baseline.yaml"
+    pb.write_text(BASELINE.format(topology=REPO / "topologies" / "local.yaml"))
+    (run,) = run_plan(plan([pb]), out / "run")
+    return run
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("case", ["late-client", "slow-dst"])
+def test_server_fix_is_seamless_and_keeps_usb(fix_run: RunResult, case: str) -> None:
+    """Both cases of the bug, fixed inside spice-server: seamless, usbredir migrated."""
+    s = _scenario(fix_run, f"{case}/fix-server")
+    assert s.error is None, s.error
+    assert (s.outcome, s.client.usbredir, s.passed) == ("seamless", "migrated", True), s.evidence
+    assert s.guard is None  # the server did it alone
+    log = _src_qemu_log(s)
+    if case == "late-client":  # patch 0001: the late client was sent the target
+        assert "client attached during migration, connecting it to the target" in log
+    else:  # patch 0003: the end waited for the client's connection to the target
+        assert "deferring the end" in log and "client done connecting to the target" in log
+
+
+@pytest.mark.lab
+def test_both_qemus_mapped_the_patched_build(fix_run: RunResult) -> None:
+    """The result proves what ran: the build's path and build id, on source and destination."""
+    b = spice_server_build()
+    for s in fix_run.scenarios:
+        libs = s.guest.spice_server
+        assert set(libs) == {"src", "dst"}, libs
+        for host, lib in libs.items():
+            assert (lib.asked, lib.path, lib.build_id) == ("patched", str(b.library), b.build_id), (
+                host
+            )
+        assert libs["src"].pid != libs["dst"].pid
+
+
+@pytest.mark.lab
+def test_patched_server_changes_nothing_for_a_client_connected_first(
+    baseline_run: RunResult,
+) -> None:
+    """The regression check on the patch itself: the seamless baseline (client connected
+    before, no delay) behaves the same on stock and patched spice-server, the end is not
+    held, and the frozen console is no longer (TCG noise allowed)."""
+    stock, patched = _scenario(baseline_run, "stock"), _scenario(baseline_run, "patched")
+    stock_lib = gnu_build_id(STOCK_LIB.read_bytes())
+    assert {lib.build_id for lib in stock.guest.spice_server.values()} == {stock_lib}
+    assert {lib.build_id for lib in patched.guest.spice_server.values()} == {
+        spice_server_build().build_id
+    }
+    for s in (stock, patched):
+        assert s.error is None and s.passed, (s.name, s.error, s.failures)
+    assert (stock.outcome, stock.client.usbredir) == (patched.outcome, patched.client.usbredir)
+    log = _src_qemu_log(patched)
+    assert "deferring the end" not in log and "client attached during migration" not in log
+    assert stock.client.frozen_ms is not None and patched.client.frozen_ms is not None
+    assert patched.client.frozen_ms <= stock.client.frozen_ms + 500, (
+        stock.client.frozen_ms,
+        patched.client.frozen_ms,
+    )
