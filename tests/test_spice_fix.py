@@ -127,9 +127,13 @@ def _src_qemu_log(s: ScenarioResult) -> str:
 
 
 @pytest.fixture(scope="module")
-def fix_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+def root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the lab makes network namespaces and runs libvirtd")
+
+
+@pytest.fixture(scope="module")
+def fix_run(root: None, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("fix-server")
     (run,) = run_plan(
         plan([REPO / "playbooks" / "bug-884631.yaml"], pattern="fix-server"), out / "bug"
@@ -138,9 +142,7 @@ def fix_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
 
 
 @pytest.fixture(scope="module")
-def baseline_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the lab makes network namespaces and runs libvirtd")
+def baseline_run(root: None, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     out = tmp_path_factory.mktemp("baseline-stock-patched")
     pb = out / "baseline.yaml"
     pb.write_text(BASELINE.format(topology=REPO / "topologies" / "local.yaml"))
