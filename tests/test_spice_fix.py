@@ -202,3 +202,28 @@ def test_patched_server_changes_nothing_for_a_client_connected_first(
         stock.client.frozen_ms,
         patched.client.frozen_ms,
     )
+
+
+@pytest.mark.lab
+def test_each_host_runs_its_own_spice_server(root: None, tmp_path: Path) -> None:
+    """A topology field per host: the source stock, the destination patched. The domain
+    migrates with the destination's own emulator, and each QEMU mapped what its host asked."""
+    topo = tmp_path / "mixed.yaml"
+    text = (REPO / "topologies" / "local.yaml").read_text()
+    topo.write_text(
+        text.replace("name: local", "name: mixed").replace(
+            "  dst:\n    roles: [hypervisor]",
+            "  dst:\n    roles: [hypervisor]\n    spice_server: patched",
+        )
+    )
+    (run,) = run_plan(
+        plan([REPO / "playbooks" / "seamless-baseline.yaml"], topology=topo), tmp_path / "run"
+    )
+    s = run.scenarios[0]
+    assert s.error is None and s.passed, (s.error, s.failures)
+    libs = s.guest.spice_server
+    assert (libs["src"].asked, libs["src"].build_id) == (
+        "stock",
+        gnu_build_id(STOCK_LIB.read_bytes()),
+    )
+    assert (libs["dst"].asked, libs["dst"].build_id) == ("patched", spice_server_build().build_id)
