@@ -32,19 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 def run(
     workers: int, pattern: str | None, out: Path, topology: Path | None = None
 ) -> dict[str, object]:
-    argv = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-q",
-        "-n",
-        str(workers),
-        "playbooks/nightly-matrix.yaml",
-        "--testbed-out",
-        str(out),
-    ]
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", str(workers),
+            "playbooks/nightly-matrix.yaml", "--testbed-out", str(out)]
     if pattern:
         argv += ["-k", pattern]
     if topology:
@@ -54,13 +43,8 @@ def run(
     wall = time.monotonic() - t0
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|error)", p.stdout)}
     n = sum(counts.values())
-    return {
-        "workers": workers,
-        "scenarios": n,
-        "wall_s": round(wall, 1),
-        "scenarios_per_hour": round(n * 3600 / wall, 1) if n else 0.0,
-        **counts,
-    }
+    return {"workers": workers, "scenarios": n, "wall_s": round(wall, 1),
+            "scenarios_per_hour": round(n * 3600 / wall, 1) if n else 0.0, **counts}
 
 
 def _pooled_topology(tmp: Path, stack: ExitStack) -> Path:
@@ -95,29 +79,11 @@ def main() -> int:
     for r in rows:
         r["speedup"] = round(float(base) / float(r["wall_s"]), 2)  # type: ignore[arg-type]
     print(json.dumps({"pattern": args.pattern, "pool": args.pool, "runs": rows}, indent=2))
-    t = Table(
-        "workers",
-        "scenarios",
-        "passed",
-        "wall s",
-        "scenarios/hour",
-        "speed-up",
-        title="bench/parallel.py: nightly matrix",
-    )
+    t = Table("workers", "scenarios", "passed", "wall s", "scenarios/hour", "speed-up",
+              title="bench/parallel.py: nightly matrix")
     for r in rows:
-        t.add_row(
-            *(
-                str(r.get(k, 0))
-                for k in (
-                    "workers",
-                    "scenarios",
-                    "passed",
-                    "wall_s",
-                    "scenarios_per_hour",
-                    "speedup",
-                )
-            )
-        )
+        t.add_row(*(str(r.get(k, 0)) for k in ("workers", "scenarios", "passed", "wall_s",
+                                              "scenarios_per_hour", "speedup")))
     Console(stderr=True).print(t)
     return 0
 

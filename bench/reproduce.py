@@ -40,48 +40,22 @@ def main() -> int:
         boot = next((e.get("boot_s") for e in s.timeline if e["kind"] == "guest.boot"), 0.0)
         bandwidth = float(by_name[s.name].vars.get("bandwidth") or 0) or None
         floor = (boot or 0.0) + (memory_mib / bandwidth if bandwidth else 0.0)
-        rows.append(
-            {
-                "scenario": s.name,
-                "verdict_s": s.duration_s,
-                "floor_s": round(floor, 2),
-                "ratio": round((s.duration_s or 0) / floor, 2) if floor else None,
-                "boot_s": boot,
-                "migration_s": s.migration.duration_s,
-                "outcome": s.outcome,
-                "passed": s.passed,
-            }
-        )
+        rows.append({
+            "scenario": s.name, "verdict_s": s.duration_s, "floor_s": round(floor, 2),
+            "ratio": round((s.duration_s or 0) / floor, 2) if floor else None,
+            "boot_s": boot, "migration_s": s.migration.duration_s,
+            "outcome": s.outcome, "passed": s.passed})
     result = {
-        "playbook_s": round(total, 1),
-        "goal_playbook_s": GOAL_TOTAL_S,
-        "playbook_goal_met": total < GOAL_TOTAL_S,
-        "goal_ratio": GOAL_RATIO,
+        "playbook_s": round(total, 1), "goal_playbook_s": GOAL_TOTAL_S,
+        "playbook_goal_met": total < GOAL_TOTAL_S, "goal_ratio": GOAL_RATIO,
         "ratio_goal_met": all(r["ratio"] is not None and r["ratio"] < GOAL_RATIO for r in rows),
-        "all_passed": run.passed,
-        "scenarios": rows,
-    }
+        "all_passed": run.passed, "scenarios": rows}
     print(json.dumps(result, indent=2))
-    t = Table(
-        "scenario",
-        "verdict s",
-        "floor s",
-        "ratio",
-        "boot s",
-        "migration s",
-        "outcome",
-        title=f"bench/reproduce.py: {total:.0f} s in all (goal < {GOAL_TOTAL_S:.0f} s)",
-    )
+    t = Table("scenario", "verdict s", "floor s", "ratio", "boot s", "migration s", "outcome",
+              title=f"bench/reproduce.py: {total:.0f} s in all (goal < {GOAL_TOTAL_S:.0f} s)")
     for r in rows:
-        t.add_row(
-            r["scenario"],
-            str(r["verdict_s"]),
-            str(r["floor_s"]),
-            str(r["ratio"]),
-            str(r["boot_s"]),
-            str(r["migration_s"]),
-            str(r["outcome"]),
-        )
+        t.add_row(r["scenario"], str(r["verdict_s"]), str(r["floor_s"]), str(r["ratio"]),
+                  str(r["boot_s"]), str(r["migration_s"]), str(r["outcome"]))
     Console(stderr=True).print(t)
     return 0
 
