@@ -19,9 +19,10 @@ from testbed.hosts.ledger import Ledger
 from testbed.hosts.nsexec import ns_argv
 from testbed.model.profile import LinkProfile
 from testbed.net.probe import probe
-from testbed.net.shaping.base import differences
+from testbed.net.shaping.base import Direction, differences
 from testbed.net.shaping.detect import netem_available
 from testbed.net.shaping.egress import Egress, Tbf
+from testbed.net.shaping.ingress import Ingress
 from testbed.net.shaping.kernel import KernelNetemEngine
 from testbed.net.shaping.scratch import ScratchNet
 
@@ -191,3 +192,39 @@ def test_loss_and_duplicate_on_real_packets(kernel: KernelNetemEngine, net: Scra
     kernel.apply({cd: P(duplicate="30%")})
     r = probe(net.hosts["client"], net.hosts["dst"], pings=100, interval_s=0.005, goodput_s=0)
     assert 12 <= r.duplicates <= 50, r
+
+
+def test_one_ended_shaping_on_the_receivers_ingress_with_ifb(
+    kernel: KernelNetemEngine, net: ScratchNet
+) -> None:
+    """client -> dst shaped on dst alone (its ingress, through an ifb): the client's egress
+    holds nothing of ours, the delay and the rate are what was asked, read-back equals
+    asked, and clearing removes the ifb and the ingress qdisc."""
+    c, d = net.hosts["client"], net.hosts["dst"]
+    cd = net.direction("client", "dst")
+    one = Direction(cd.network, cd.src, cd.dst, at="dst")
+    kernel.apply({one: P(delay="60ms")})
+    kernel.verify()
+    assert set(kernel.read_back()) == {one}
+    assert not Egress(c.netns, c.ifname).read_state().ours  # nothing on the sender
+    ing = Ingress(d.netns, d.ifname)
+    held = ing.read()
+    assert set(held) == {c.address}, held
+    got = rtts(net, "dst", 10)
+    assert len(got) == 10 and 59 <= min(got) and max(got) < 90, got
+    kernel.apply({one: P(rate="4mbit")})
+    kernel.verify()
+    r = probe(c, d, pings=0, goodput_s=4, omit_s=1)
+    assert r.goodput_mbit is not None and 3.2 <= r.goodput_mbit <= 4.2, r
+    kernel.apply({})
+    assert ing.read() == {}
+    out = subprocess.run(
+        [*ns_argv(d.netns), "ip", "-o", "link", "show"], capture_output=True, text=True
+    ).stdout
+    assert ing.ifb not in out, out
+    qd = subprocess.run(
+        [*ns_argv(d.netns), "tc", "qdisc", "show", "dev", d.ifname],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "ingress" not in qd, qd

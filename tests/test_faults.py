@@ -1,7 +1,8 @@
-"""Faults on purpose (playbooks/faults.yaml), each against the real lab: every one ends
-in a verdict within a bound, with the right outcome word, the guest running where
-libvirt says on exactly one host (the source when the migration failed, the
-destination when it completed), no orphan QEMU, and nothing left on the machine.
+"""Faults on purpose (playbooks/faults.yaml, and faults-ssh.yaml on ssh-local), each
+against the real lab: every one ends in a verdict within a bound, with the right
+outcome word, the guest running where libvirt says on exactly one host (the source
+when the migration failed, the destination when it completed), no orphan QEMU, and
+nothing left on the machine.
 
 Each scenario runs on its own (`-k`), between two leak snapshots; only what carries
 the scenario's own lab id counts as its leak, since other labs may run beside it.
@@ -31,7 +32,10 @@ CASES: dict[str, tuple[str, str, str, float]] = {
     "delay-line-killed": ("seamless", "completed", "dst", 40.0),
     "network-cut-restored": ("seamless", "completed", "dst", 60.0),
     "network-cut-kept": ("migration-failed", "aborted", "src", 45.0),
+    "dst-unreachable-over-ssh": ("migration-failed", "failed", "src", 40.0),
 }
+# the SSH fault needs a lab driven over SSH: its own playbook, on ssh-local
+PLAYBOOK_OF = {"dst-unreachable-over-ssh": REPO / "playbooks" / "faults-ssh.yaml"}
 
 
 def events(s: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -56,7 +60,7 @@ def fault_run(
     name = request.param
     out = tmp_path_factory.mktemp(f"faults-{name}")
     before = Snapshot.take(state_root)
-    run_plan(plan([PLAYBOOK], pattern=name), out)
+    run_plan(plan([PLAYBOOK_OF.get(name, PLAYBOOK)], pattern=name), out)
     after = Snapshot.take(state_root)
     result = json.loads((out / "result.json").read_text())  # written, whatever happened
     (s,) = result["scenarios"]
@@ -84,6 +88,8 @@ def test_guest_runs_on_exactly_one_host(needs_root: None, fault_run: tuple) -> N
     assert where[-1]["runs_on"] == ([want] if want else []), where[-1]
     if name == "dst-libvirtd-killed":  # the client's destination QEMU was orphaned
         assert where[-1]["orphans_killed"], where[-1]
+    if name == "dst-unreachable-over-ssh":  # and says so, rather than "absent"
+        assert where[-1]["libvirt"]["dst"].startswith("unreachable"), where[-1]
 
 
 def test_time_to_verdict(needs_root: None, fault_run: tuple) -> None:

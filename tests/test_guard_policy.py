@@ -171,3 +171,37 @@ def test_a_migration_over_before_the_transfer_needs_nothing(name: str) -> None:
     policy, actions = replay(events, guard, end_s=transfer - 0.5)
     assert policy.result == NOT_NEEDED
     assert actions == []
+
+
+def test_no_second_client_migrate_info_while_the_client_links_to_the_destination() -> None:
+    """Over TLS at 1 s one way a client links its channels to the destination for about
+    12 s; a resend at spice-server's 10 s would start a second MIGRATE_BEGIN during the
+    first connect (spice-gtk then fails its migration session). The policy waits until
+    the destination has seen nothing of the client for the resend interval."""
+    from testbed.spice.guard_policy import Observation
+
+    policy = GuardPolicy()
+    seen: list[Action] = []
+
+    def tick(t: float, on_dst: int, activity: float | None) -> None:
+        o = Observation(
+            t=t,
+            transferring=True,
+            on_src=5,
+            on_dst=on_dst,
+            client_first_src_t=-3.0,
+            client_rtt_s=2.0,
+            dst_activity_t=activity,
+        )
+        seen.extend(policy.step(o))
+
+    tick(0.5, 0, None)  # transfer started, client on the source only: hold
+    assert _kinds(seen) == ["transfer-started", "hold"]
+    for i in range(1, 120):  # the client links one channel every ~2.4 s up to 12 s
+        t = 0.5 + i * 0.1
+        tick(t, 0, 0.5 + 2.4 * int((t - 0.5) / 2.4) if t < 12.5 else 12.5)
+    assert "client_migrate_info" not in _kinds(seen)  # 12.4 s on hold, still linking
+    for i in range(1, 120):  # then nothing from the client for over 10 s: resend
+        tick(12.4 + i * 0.1, 0, 12.5)
+    cmi = [a for a in seen if a.kind == "client_migrate_info"]
+    assert len(cmi) == 1 and cmi[0].t > 22.5, cmi

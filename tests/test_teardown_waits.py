@@ -79,7 +79,7 @@ def test_killed_run_at_random_moments_leaves_nothing_after_down_all(
     root = tmp_path / "state"
     monkeypatch.setenv("TESTBED_STATE", str(root))  # for list_labs here and the CLI
     rng = random.Random(int(os.environ.get("KILL_SEED", "884631")))
-    moments = sorted(rng.uniform(1.0, 20.0) for _ in range(5))
+    moments = sorted(rng.uniform(0.5, 18.0) for _ in range(10))
     for at in moments:
         proc = subprocess.Popen(
             [

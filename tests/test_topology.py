@@ -49,7 +49,7 @@ def test_local_topology_loads() -> None:
     t = load_topology(REPO / "topologies" / "local.yaml")
     assert t.hypervisors() == ["src", "dst"]
     assert t.clients() == ["client"]
-    assert t.guests["vm"].memory == 256
+    assert t.guests["vm"].memory == 128  # MiB: the 64 MiB fill is most of it (see local.yaml)
     for name, net in t.networks.items():
         assert net.subnet.subnet_of(ipaddress.ip_network("198.18.0.0/15")), name
     assert str(t.address("display", "client")) == "198.18.1.1"
@@ -145,3 +145,17 @@ def test_cli_rejects_bad_topology_with_exit_2_and_creates_nothing(
     assert "topo.yaml:12" in res.stderr and "networks.migration.members[1]" in res.stderr
     assert "Traceback" not in res.stderr
     assert set(netns.listnetns()) == before
+
+
+LINK = """links:
+  - {network: display, from: client, to: dst, both_ways: true, shape_at: dst,
+     profile: {delay: 50ms}}
+"""
+
+
+def test_shape_at_names_one_end_of_its_link(tmp_path: Path) -> None:
+    t = load_topology(write(tmp_path, GOOD + LINK))
+    assert t.links[0].shape_at == "dst"
+    e = error_of(tmp_path, GOOD + LINK.replace("shape_at: dst", "shape_at: src"))
+    assert e.field == "links[0].shape_at", str(e)
+    assert "one of the link's hosts (client or dst)" in str(e)

@@ -9,7 +9,10 @@ killed:
 - `src-qemu` / `dst-qemu`: the guest's QEMU on that side (during a migration the
   destination's is the one started with `-incoming`);
 - `delay-line`: every userspace delay line of the lab's links (shaping then fails
-  open: traffic passes unshaped, and the links' health says so).
+  open: traffic passes unshaped, and the links' health says so);
+- `dst-sshd` / `src-sshd`: on a lab driven over SSH (`drive: ssh`), the host's sshd
+  and every session through it: the host is unreachable over SSH (connections reset,
+  new ones refused), while what runs there (libvirtd, QEMU) keeps running.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from testbed.errors import LabError
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
+from testbed.model.playbook.steps import FaultKill
 from testbed.spice.client import SpiceClient
 
-FaultKind = Literal["client", "dst-libvirtd", "src-libvirtd", "src-qemu", "dst-qemu", "delay-line"]
-FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+# the kinds a playbook can name (its `none` aside): defined once, in the model
+FAULT_KINDS: tuple[str, ...] = tuple(k for k in get_args(FaultKill) if k != "none")
 
 
 @dataclass
@@ -85,3 +89,34 @@ def kill_delay_lines(links: LabLinks) -> FaultDone:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)  # delay lines run on this machine, in lab namespaces
     return FaultDone("delay-line", None, pids)
+
+
+def kill_sshd(lab: Lab, host: str) -> FaultDone:
+    """The lab's sshd of `host` and its sessions (children, SIGKILLed with it)."""
+    if not lab.over_ssh:
+        raise LabError(f"fault {host}-sshd: lab {lab.id} does not reach {host} over SSH")
+    netns = lab.netns_of(host)
+    entries = [e for e in lab.ledger.of_kind("process") if e.get("name") == f"sshd@{netns}"]
+    if not entries:
+        raise LabError(f"fault {host}-sshd: lab {lab.id} recorded no sshd for {host}")
+    master = int(entries[-1]["pid"])
+    pids = [master, *_descendants(master)]
+    for pid in pids:  # the lab's own sshd, started on this machine in the host's netns
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return FaultDone(f"{host}-sshd" if host in ("src", "dst") else "sshd", host, pids)
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = open(f"/proc/{p}/task/{p}/children").read().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out

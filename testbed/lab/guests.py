@@ -17,13 +17,12 @@ from testbed.model.hostspec import SpiceServer
 from testbed.model.result import SpiceServerLib
 from testbed.virt.accel import READY_MARKER, probe_accel
 from testbed.virt.builds import spice_server_build
-from testbed.virt.domain import DomainSpec, start_domain, wait_for_serial
+from testbed.virt.domain import DEFAULT_EMULATOR, DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
 from testbed.virt.migration import Migration, MigrationOptions
 from testbed.virt.qemu_maps import mapped_library
 
 log = logging.getLogger(__name__)
-DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,7 @@ def start_guest(
         accel=accel,
         emulator=_emulator(lab, host, spice_server),
         spice_ticket=spice_ticket(lab.dir),
+        spice_tls=lab.topology.spice_tls,
     )
     if g.image == "default":
         image, _ = build_guest_image()

@@ -31,6 +31,7 @@ from testbed.hosts.ssh import REMOTE_STATE
 from testbed.hosts.sshd import start_sshd
 from testbed.lab.state import LabRecord, list_labs, new_lab_dir, owner_fields, read_lab
 from testbed.lab.teardown import teardown
+from testbed.lab.tls import install_server_tls
 from testbed.model.topology import Topology, load_topology
 from testbed.net.links import (
     Attachment,
@@ -40,6 +41,7 @@ from testbed.net.links import (
     create_netns,
     root_addresses,
 )
+from testbed.virt.domain import DEFAULT_EMULATOR
 from testbed.virt.libvirtd import Libvirtd, LibvirtdConfig, new_host_uuid
 
 log = logging.getLogger(__name__)
@@ -237,8 +239,13 @@ class Lab:
                 migration_address=self.address_on_any(name, "migration", *self.topology.networks),
                 host_uuid=new_host_uuid(),
             )
+            if self.topology.spice_tls:
+                cfg.spice_tls_dir = host.state_dir / "spice-tls"
+                if not cfg.display_address:
+                    raise LabError(f"spice_tls: {name} has no display address to certify")
+                install_server_tls(host, self.dir, self.id, cfg.display_address, cfg.spice_tls_dir)
             daemon = self.libvirtd(name)
-            pid = daemon.start(cfg, self.ledger)
+            pid = daemon.start(cfg, self.ledger, emulator=spec.emulator or DEFAULT_EMULATOR)
             self.record.info["hosts"][name].update(libvirt_uri=daemon.uri, libvirtd_pid=pid)
         if "client" in spec.roles:
             progress(f"X display on {name}")

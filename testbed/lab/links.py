@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from testbed.errors import InputError
+from testbed.errors import CapabilityMissing, InputError
 from testbed.lab.lab import Lab
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping.base import Direction, Endpoint, ShapingEngine
@@ -86,7 +86,20 @@ class LabLinks:
     def direction(self, network: str, src: str, dst: str) -> Direction:
         if src == dst:
             raise InputError(f"a link joins two different hosts (found {src} -> {dst})")
-        return Direction(network, self.endpoint(network, src), self.endpoint(network, dst))
+        return Direction(
+            network,
+            self.endpoint(network, src),
+            self.endpoint(network, dst),
+            self._placement(network, src, dst),
+        )
+
+    def _placement(self, network: str, src: str, dst: str) -> str:
+        """Where src -> dst is shaped: "src" (its egress), unless a topology link of this
+        pair says `shape_at: dst` (then on dst's ingress, one-ended)."""
+        for link in self.lab.topology.links:
+            if link.network == network and {link.src, link.dst} == {src, dst} and link.shape_at:
+                return "src" if link.shape_at == src else "dst"
+        return "src"
 
     def _directions(self, network: str, src: str, dst: str, both_ways: bool) -> list[Direction]:
         ds = [self.direction(network, src, dst)]
@@ -116,6 +129,15 @@ class LabLinks:
                         if a != b:
                             self.asked[self.direction(name, a, b)] = net.profile
         for link in topo.links:
+            if link.shape_at and self.engine.name != "kernel-netem":
+                raise CapabilityMissing(
+                    f"link {link.src} -> {link.dst} on {link.network}: shape_at (one-ended "
+                    f"shaping) needs the kernel engine, and this lab shapes with "
+                    f"{self.engine.name} (its delay line runs on the receiver, its rate on "
+                    "the sender: both ends)",
+                    hint="hosts whose kernel has sch_netem and ifb (RHEL, Fedora and Debian "
+                    "kernels do; on this machine, the netem VM's)",
+                )
             for d in self._directions(link.network, link.src, link.dst, link.both_ways):
                 self.asked[d] = link.profile
         if self.asked:

@@ -17,6 +17,7 @@ from testbed.errors import LabError
 from testbed.lab.guests import location
 from testbed.lab.lab import Lab
 from testbed.lab.ticket import spice_ticket
+from testbed.lab.tls import client_tls
 from testbed.spice.client import SpiceClient
 
 
@@ -37,6 +38,7 @@ def spice_client(
         name=name,
         extra_args=extra_args,
         ticket=spice_ticket(lab.dir),
+        tls=client_tls(lab.dir, lab.id) if lab.topology.spice_tls else None,
     )
 
 
@@ -46,11 +48,13 @@ class GuestDisplay:
 
     host: str
     address: str
-    port: int
+    port: int | None  # None on a TLS-only display
+    tls_port: int | None = None
 
     @property
     def uri(self) -> str:
-        return f"spice://{self.address}:{self.port}"
+        plain = f"spice://{self.address}" + (f":{self.port}" if self.port else "")
+        return plain + (f"?tls-port={self.tls_port}" if self.tls_port is not None else "")
 
 
 def _running_on(lab: Lab, host: str, domain: str, why: list[str]) -> libvirt.virDomain | None:
@@ -106,9 +110,13 @@ def _display_now(lab: Lab, guest: str) -> GuestDisplay:
         g = ET.fromstring(dom.XMLDesc(0)).find("./devices/graphics[@type='spice']")
         if g is None:
             raise LabError(f"guest {guest} on {host} has no SPICE display")
-        port = int(g.get("port", "-1"))
+        port, tls_port = int(g.get("port", "-1")), int(g.get("tlsPort", "-1"))
         listen = g.find("listen")
         addr = g.get("listen") or (listen.get("address") if listen is not None else None)
+        if lab.topology.spice_tls:
+            if tls_port <= 0 or not addr:
+                raise LabError(f"guest {guest} on {host}: SPICE has no TLS port or address yet")
+            return GuestDisplay(host, addr, port if port > 0 else None, tls_port)
         if port <= 0 or not addr:
             raise LabError(f"guest {guest} on {host}: SPICE has no port or address yet ({port})")
         return GuestDisplay(host, addr, port)

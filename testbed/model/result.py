@@ -43,6 +43,7 @@ class MigrationSummary(_Part):
     duration_s: float | None = None
     downtime_ms: int | None = None
     bytes: int | None = None
+    first_byte_s: float | None = None  # from the start until the job first moved data
 
 
 class Stretch(_Part):

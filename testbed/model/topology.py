@@ -56,6 +56,12 @@ class LinkSpec(Strict):
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
     both_ways: bool = False
+    shape_at: str | None = Field(
+        None,
+        description="one of the link's two hosts: shape every direction of this link there "
+        "(what it sends on its egress, what it receives on its ingress through an ifb), for "
+        "a lab that controls only that end; the kernel engine",
+    )
     profile: LinkProfile
 
 
@@ -87,6 +93,11 @@ class Topology(Strict):
         "direct",
         description="local hosts only: `ssh` drives each namespace host over SSH alone "
         "(a real sshd in each, keys made at `testbed up`)",
+    )
+    spice_tls: bool = Field(
+        False,
+        description="SPICE over TLS only: a CA and server certificates made per lab, the "
+        "client verifying them (and the migration target's subject)",
     )
     source: str | None = Field(None, exclude=True)
 
@@ -170,6 +181,12 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
                 fail(f"{member!r} is not a member of network {link.network!r}", ("links", i, key))
         if link.src == link.dst:
             fail("a link joins two different hosts", ("links", i))
+        if link.shape_at is not None and link.shape_at not in (link.src, link.dst):
+            fail(
+                f"shape_at must be one of the link's hosts ({link.src} or {link.dst}), "
+                f"found {link.shape_at!r}",
+                ("links", i, "shape_at"),
+            )
     for gname, guest in topo.guests.items():
         if not NAME_RE.match(gname):
             fail(f"guest name must be {NAME_RULE} (found {gname!r})", ("guests", gname))

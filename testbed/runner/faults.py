@@ -40,6 +40,8 @@ def fault(ctx: Context, s: FaultStep) -> None:
     elif s.kill in ("src-qemu", "dst-qemu"):
         incoming = s.kill == "dst-qemu"
         done = faults.kill_qemu(lab, dst if incoming else src, guest, incoming=incoming)
+    elif s.kill in ("dst-sshd", "src-sshd"):
+        done = faults.kill_sshd(lab, dst if s.kill.startswith("dst") else src)
     else:
         assert ctx.links
         done = faults.kill_delay_lines(ctx.links)

@@ -32,6 +32,7 @@ from testbed.runner.watch import MigrationWatch
 from testbed.spice.events import GraphicsEventLog
 from testbed.spice.guard import GuardConfig, SpiceGuard
 from testbed.spice.heartbeat import SerialWatcher
+from testbed.spice.tls import subject_for
 from testbed.virt.migration import Migration
 
 Handler = Callable[[Context, Any], None]
@@ -136,9 +137,13 @@ def migrate(ctx: Context, s: MigrateStep) -> None:
     guard = None
     if s.guard:
         client = ctx.scenario_client() or lab.topology.clients()[0]
+        dst_addr = lab.address(s.to, "display")
+        tls = lab.topology.spice_tls
         cfg = GuardConfig(
             client_addr=lab.address(client, "display"),
-            dst_display_addr=lab.address(s.to, "display"),
+            dst_display_addr=dst_addr,
+            tls=tls,
+            cert_subject=subject_for(dst_addr) if tls else None,
         )
         guard = SpiceGuard(
             m, ctx.events, src, s.to, cfg, notify=lambda kind, **d: ctx.timeline.add(kind, **d)
@@ -191,6 +196,7 @@ def finish_migration(ctx: Context) -> None:
     assert rec.result != "pending" and rec.result != "running"  # finish() waited for its end
     mig.result, mig.duration_s = rec.result, rec.duration_s
     mig.downtime_ms, mig.bytes = rec.downtime_ms, rec.bytes
+    mig.first_byte_s = rec.first_byte_s
     ctx.raise_trigger_error()
 
 

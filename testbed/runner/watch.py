@@ -23,6 +23,10 @@ from testbed.virt.migration import Migration, MigrationRecord
 log = logging.getLogger(__name__)
 STALL_S = 10.0  # no byte moved for this long: the migration has stalled
 FIRST_BYTE_S = 30.0  # ... before the first byte (the destination QEMU starts, under TCG)
+# ... after the first pass (100 %): the switchover, then libvirt waits for spice-server
+# to finish the client's migration, bounded by spice-server's own timeout (10 s) plus
+# a slow client's round trips; no data moves meanwhile
+SWITCHOVER_S = 30.0
 JOIN_S = 30.0  # at most this long for the job's thread to return after an abort
 Tick = Callable[[Migration, float], None]
 
@@ -68,7 +72,9 @@ class MigrationWatch:
         return time.monotonic() - self.m.moved_at
 
     def limit(self) -> float:
-        return self.stall_s if self.m.bytes_moved else max(self.stall_s, FIRST_BYTE_S)
+        if not self.m.bytes_moved:
+            return max(self.stall_s, FIRST_BYTE_S)
+        return max(self.stall_s, SWITCHOVER_S) if self.m.last_percent >= 100 else self.stall_s
 
     def stalled(self) -> bool:
         return not self.m.done and self.still_for() > self.limit()

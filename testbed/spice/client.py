@@ -23,6 +23,7 @@ from testbed.hosts.base import Host, Process
 from testbed.hosts.display import XDisplay, x_env
 from testbed.hosts.ledger import Ledger
 from testbed.spice.screen import Window, list_windows, viewer_window
+from testbed.spice.tls import SECURE_CHANNELS, ClientTls, subject_for
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class SpiceClient:
         name: str = "remote-viewer",
         extra_args: tuple[str, ...] = (),
         ticket: str | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
         self.host = host
         self.display = display
@@ -121,6 +123,7 @@ class SpiceClient:
         self.name = name
         self.extra_args = extra_args
         self._ticket = ticket  # handed over in a 0600 connection file, never in argv or logs
+        self._tls = tls
         self.uri: str | None = None
         self.log_path = out_dir / f"{name}.log"  # this machine's copy, complete after stop
         self.host_log: PurePath | None = None  # the log being written, on the host
@@ -161,7 +164,7 @@ class SpiceClient:
         env = self._env()
         self._fetched = False
         self.connect_t, self.connect_wall = time.monotonic(), time.time()
-        target = self._connection_file(uri) if self._ticket else uri
+        target = self._connection_file(uri) if self._ticket or self._tls else uri
         self._proc = self.host.start(
             ["remote-viewer", "--debug", *self.extra_args, target], log=self.host_log, env=env
         )
@@ -179,14 +182,27 @@ class SpiceClient:
     def _connection_file(self, uri: str) -> str:
         """A virt-viewer connection file (.vv, mode 0600) holding `uri` and the ticket;
         remote-viewer reads it and it stays in the host's state, out of any log."""
-        m = re.fullmatch(r"spice://\[?([^\]/]+?)\]?:(\d+)/?", uri)
-        if not m:
-            raise LabError(f"not a spice://ADDR:PORT URI: {uri}")
+        m = re.fullmatch(r"spice://\[?([^\]/:?]+?)\]?(?::(\d+))?/?(?:\?tls-port=(\d+))?", uri)
+        if not m or not (m.group(2) or m.group(3)):
+            raise LabError(f"not a spice://ADDR:PORT or spice://ADDR?tls-port=PORT URI: {uri}")
+        host, port, tls_port = m.groups()
         path = self.host.state_dir / "clients" / f"{self.name}-{self._tag}-{self._n}.vv"
-        text = (
-            f"[virt-viewer]\ntype=spice\nhost={m.group(1)}\nport={m.group(2)}\n"
-            f"password={self._ticket}\ndelete-this-file=0\n"
-        )
+        lines = ["[virt-viewer]", "type=spice", f"host={host}", "delete-this-file=0"]
+        if port:
+            lines.append(f"port={port}")
+        if self._ticket:
+            lines.append(f"password={self._ticket}")
+        if self._tls:
+            if not tls_port:
+                raise LabError(f"a TLS display needs a tls-port in the URI: {uri}")
+            ca = self._tls.ca_pem.strip().replace("\n", "\\n")
+            lines += [
+                f"tls-port={tls_port}",
+                f"ca={ca}",
+                f"host-subject={subject_for(host)}",
+                f"secure-channels={SECURE_CHANNELS}",
+            ]
+        text = "\n".join(lines) + "\n"
         self.host.write_text(path, text, mode=0o600)
         return str(path)
 

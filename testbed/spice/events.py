@@ -214,13 +214,17 @@ class GraphicsEventLog:
 
 
 def open_channels(events: list[ServerEvent], client_addr: str) -> int:
-    """Initialized minus disconnected graphics channels from `client_addr`, never below 0."""
-    n = 0
+    """Graphics channels from `client_addr` that were initialized and are not closed yet.
+
+    Each connection is its own remote (address, port): a connection that closes
+    before it was initialized (a plain link refused with "need secured", the client
+    then linking again over TLS) closes no channel."""
+    live: set[tuple[str, str] | None] = set()
     for e in events:
         if e.kind != "graphics" or not e.remote or e.remote[0] != client_addr:
             continue
         if e.phase == "initialize":
-            n += 1
+            live.add(e.remote)
         elif e.phase == "disconnect":
-            n = max(0, n - 1)
-    return n
+            live.discard(e.remote)
+    return len(live)

@@ -73,8 +73,9 @@ class GuardConfig:
     resend_after_s: float = SPICE_MIGRATE_TIMEOUT_S
     give_up_s: float = 90.0
     settle_s: float = 0.3  # channel counts must be stable this long to release
-    # client_migrate_info's extra arguments for a TLS display: tls-port and cert-subject
-    tls_port: int | None = None
+    # a TLS display: client_migrate_info names the destination's tls-port (read from its
+    # domain) and the subject of its certificate
+    tls: bool = False
     cert_subject: str | None = None
 
 
@@ -126,7 +127,6 @@ class SpiceGuard:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the loop and stop() both act
-        self._dst_port: int | None = None
         self._dst_closed: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -265,29 +265,33 @@ class SpiceGuard:
             detail["restore_errors"] = errors
         return detail
 
-    def _destination_port(self) -> int:
-        if self._dst_port is None:
-            xml = self.m.dst.lookupByName(self.m.name).XMLDesc(0)
-            m = re.search(r"<graphics type='spice' port='(\d+)'", xml)
-            if not m:
-                raise libvirt.libvirtError("no SPICE port in the destination's domain XML")
-            self._dst_port = int(m.group(1))
-        return self._dst_port
+    def _destination_ports(self) -> tuple[int | None, int | None]:
+        """The destination display's (port, tlsPort), each None when it has none."""
+        xml = self.m.dst.lookupByName(self.m.name).XMLDesc(0)
+        g = re.search(r"<graphics type='spice'[^>]*>", xml)
+        if not g:
+            raise libvirt.libvirtError("no SPICE display in the destination's domain XML")
+        found = []
+        for attr in ("port", "tlsPort"):
+            m = re.search(rf"\s{attr}='(\d+)'", g.group(0))
+            found.append(int(m.group(1)) if m and int(m.group(1)) > 0 else None)
+        return found[0], found[1]
 
     def _send_client_migrate_info(self) -> dict[str, Any]:
         args: dict[str, Any] = {"protocol": "spice", "hostname": self.cfg.dst_display_addr}
-        if self.cfg.tls_port is not None:
-            args["tls-port"] = self.cfg.tls_port
+        port, tls_port = self._destination_ports()
+        if self.cfg.tls:
+            if tls_port is None:
+                raise libvirt.libvirtError("no SPICE TLS port in the destination's domain XML")
+            args["tls-port"] = tls_port
             if self.cfg.cert_subject:
                 args["cert-subject"] = self.cfg.cert_subject
-        if self.cfg.tls_port is None or self._has_plain_port():
-            args["port"] = self._destination_port()
+        elif port is None:
+            raise libvirt.libvirtError("no SPICE port in the destination's domain XML")
+        if port is not None:
+            args["port"] = port
         cmd = json.dumps({"execute": "client_migrate_info", "arguments": args})
         answer = libvirt_qemu.qemuMonitorCommand(self.m.dom, cmd, 0)
         self.report.client_migrate_info_sent += 1
         shown = {k: v for k, v in args.items() if k != "protocol"}
         return {"host": shown.pop("hostname"), **shown, "ok": '"return"' in answer}
-
-    def _has_plain_port(self) -> bool:
-        xml = self.m.dst.lookupByName(self.m.name).XMLDesc(0)
-        return re.search(r"<graphics type='spice' port='\d+'", xml) is not None

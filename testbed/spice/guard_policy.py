@@ -46,6 +46,7 @@ class Observation:
     on_dst: int  # ... and on the destination
     client_first_src_t: float | None = None  # the client's first channel on the source
     client_rtt_s: float = 0.0  # the client's round trip to the destination
+    dst_activity_t: float | None = None  # the client's last link event on the destination
     fault: str | None = None  # why the guard can no longer trust what it sees
 
 
@@ -118,6 +119,11 @@ class GuardPolicy:
             out.append(self._release(o.t, why, GAVE_UP, o))
         else:
             since = self.last_cmi if self.last_cmi is not None else self.hold_since
+            # a client still linking its channels to the destination (a slow link, TLS)
+            # is not timed out: a second MIGRATE_BEGIN while its first connect runs
+            # breaks spice-gtk's migration session
+            if o.dst_activity_t is not None:
+                since = max(since, o.dst_activity_t)
             if o.t - since > self.cfg.resend_after_s:
                 out.append(self._cmi(o.t, "spice-server's connect timeout lapsed"))
         return out
@@ -194,6 +200,7 @@ def observe(
     on_src = [e for e in seen if e.host == src]
     on_dst = [e for e in seen if e.host == dst]
     first = first_initialize(on_src, client_addr)
+    mine = [e for e in on_dst if e.kind == "graphics" and e.remote and e.remote[0] == client_addr]
     return Observation(
         t=now - origin,
         transferring=transferring,
@@ -201,5 +208,6 @@ def observe(
         on_dst=open_channels(on_dst, client_addr),
         client_first_src_t=None if first is None else first - origin,
         client_rtt_s=client_rtt_s(on_dst, client_addr),
+        dst_activity_t=mine[-1].t - origin if mine else None,
         fault=fault,
     )

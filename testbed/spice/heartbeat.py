@@ -13,15 +13,18 @@ arrival times into emission times.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path, PurePath
 
+from testbed.errors import TestbedError
 from testbed.hosts.base import Host, Process
 from testbed.hosts.ledger import Ledger
 from testbed.spice.screen import clock_offset
 
+log = logging.getLogger(__name__)
 MODULE = "testbed.spice.heartbeat"
 POLL_S = 0.007  # not a divisor of the 40 ms tick, so the read phase walks over it
 
@@ -52,7 +55,10 @@ class SerialWatcher:
     def arrivals(self) -> list[Arrival]:
         """What the child saw so far (all of it, once stopped)."""
         if self._proc is not None:
-            self._arrivals = parse(self.host.read_bytes(self.out, 0).decode(), self.offset)
+            try:
+                self._arrivals = parse(self.host.read_bytes(self.out, 0).decode(), self.offset)
+            except TestbedError as e:  # the host went unreachable: keep what was read
+                log.info("heartbeats on %s: %s", self.host.name, e)
         return list(self._arrivals)
 
     def stop(self) -> list[Arrival]:

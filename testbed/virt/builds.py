@@ -39,6 +39,7 @@ from pathlib import Path
 
 from testbed.errors import CapabilityMissing, InputError, LabError
 from testbed.shipped import PATCHES
+from testbed.virt.domain import DEFAULT_EMULATOR
 from testbed.virt.elfnote import gnu_build_id
 from testbed.virt.image import Progress, _locked, _remove_leftovers, _replace_dir, default_cache_dir
 
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 NAME = "spice-884631"
 SOURCE_PACKAGE = "spice"
-QEMU = "/usr/bin/qemu-system-x86_64"
 #: how long the patched source waits for the client to reach the target (patch 0002):
 #: at 1 s one-way a client needs about 12 s to connect all its channels
 MIGRATE_TIMEOUT_MS = 30_000
@@ -226,7 +226,7 @@ SPICE_MIGRATE_TIMEOUT_MS=${{SPICE_MIGRATE_TIMEOUT_MS:-{MIGRATE_TIMEOUT_MS}}}
 # the server's own log (spice_debug), into the domain's QEMU log
 G_MESSAGES_DEBUG=${{G_MESSAGES_DEBUG:-Spice}}
 export LD_LIBRARY_PATH SPICE_MIGRATE_TIMEOUT_MS G_MESSAGES_DEBUG
-exec {QEMU} "$@"
+exec {DEFAULT_EMULATOR} "$@"
 """
 
 

@@ -19,6 +19,11 @@ from testbed.hosts.base import Host
 from testbed.virt.conn import open_conn
 
 SERIAL_DIR = "/var/log/libvirt/qemu"
+SPICE_CHANNELS = (
+    *("main", "display", "inputs", "cursor"),
+    *("playback", "record", "smartcard", "usbredir"),
+)
+DEFAULT_EMULATOR = "/usr/bin/qemu-system-x86_64"  # a host without `emulator:` runs this
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class DomainSpec:
     cmdline: str = ""
     disk: PurePath | None = None
     spice_ticket: str | None = None  # the display's password; None: no ticket (not for labs)
+    spice_tls: bool = False  # every channel over TLS (the daemon has spice_tls = 1)
 
     @property
     def serial_path(self) -> str:
@@ -65,6 +71,12 @@ def domain_xml(spec: DomainSpec) -> str:
     )
     # libvirt hands the ticket to QEMU as an encrypted secret, never on its command line
     ticket = f" passwd={quoteattr(spec.spice_ticket)}" if spec.spice_ticket else ""
+    # TLS: every channel secure-only. The plain port stays, and answers a plain link with
+    # "need secured" (the client then goes TLS): with no plain port at all, libvirt hands
+    # client_migrate_info port -1, spice-server sends 65535, and spice-gtk's migration
+    # session fails on it
+    secure = "".join(f"\n      <channel name='{c}' mode='secure'/>" for c in SPICE_CHANNELS)
+    channels = secure if spec.spice_tls else ""
     return f"""<domain type='{dtype}'>
   <name>{escape(spec.name)}</name>
   <memory unit='MiB'>{spec.memory_mib}</memory>
@@ -81,7 +93,7 @@ def domain_xml(spec: DomainSpec) -> str:
     {disk}
     <serial type='file'><source path='{spec.serial_path}' append='on'/><target port='0'/></serial>
     <graphics type='spice' autoport='yes'{ticket}>
-      <listen type='address'/>
+      <listen type='address'/>{channels}
     </graphics>
     <video><model type='qxl'/></video>
     <controller type='usb' model='qemu-xhci'/>

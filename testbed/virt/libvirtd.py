@@ -21,6 +21,7 @@ import libvirt
 from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.base import Host, Process
 from testbed.hosts.ledger import Ledger
+from testbed.virt import capscache
 from testbed.virt.conn import open_conn
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class LibvirtdConfig:
     display_address: str | None
     migration_address: str | None
     host_uuid: str
+    spice_tls_dir: PurePath | None = None  # ca-cert.pem, server-cert.pem, server-key.pem
 
 
 def qemu_conf(cfg: LibvirtdConfig) -> str:
@@ -50,10 +52,12 @@ def qemu_conf(cfg: LibvirtdConfig) -> str:
         "dynamic_ownership = 0",
         'stdio_handler = "file"',
         "namespaces = [ ]",
-        "spice_tls = 0",
+        "spice_tls = 1" if cfg.spice_tls_dir else "spice_tls = 0",
         "remote_display_port_min = 5900",
         "remote_display_port_max = 5999",
     ]
+    if cfg.spice_tls_dir:
+        lines.append(f'spice_tls_x509_cert_dir = "{cfg.spice_tls_dir}"')
     if cfg.display_address:
         lines.append(f'spice_listen = "{cfg.display_address}"')
         lines.append(f'vnc_listen = "{cfg.display_address}"')
@@ -110,8 +114,16 @@ class Libvirtd:
     def qemu_log(self, domain: str) -> PurePath:
         return self.dir / "log" / "qemu" / f"{domain}.log"
 
-    def start(self, cfg: LibvirtdConfig, ledger: Ledger, timeout_s: float = 30) -> int:
-        """Write the configuration, start the daemon, wait for its socket; return its pid."""
+    def start(
+        self,
+        cfg: LibvirtdConfig,
+        ledger: Ledger,
+        timeout_s: float = 30,
+        emulator: str | None = None,
+    ) -> int:
+        """Write the configuration, start the daemon, wait for its socket, have it know
+        `emulator`'s capabilities (from the host's shared probe, or probed now and
+        shared); return its pid."""
         h = self.host
         if not h.exists(PurePath("/usr/sbin/libvirtd")):
             raise CapabilityMissing(
@@ -121,6 +133,7 @@ class Libvirtd:
         h.makedirs(*(self.dir / sub for sub in PRIVATE_DIRS), self.dir / "log" / "qemu", mode=0o700)
         h.write_text(self.dir / "qemu.conf", qemu_conf(cfg), mode=0o600)
         h.write_text(self.dir / "libvirtd.conf", libvirtd_conf(cfg), mode=0o600)
+        seeded = capscache.seed(h, self.dir / "cache")
         q = shlex.quote
         binds = [f"mkdir -p {' '.join(PRIVATE_DIRS.values())}"]
         binds += [f"mount --bind {q(str(self.dir / s))} {t}" for s, t in PRIVATE_DIRS.items()]
@@ -131,7 +144,33 @@ class Libvirtd:
         proc = h.start(argv, log=self.dir / "libvirtd.stdout")
         proc.record(ledger, name=f"libvirtd@{h.name}")
         self._wait_ready(proc, timeout_s)
+        if emulator:
+            self._know_capabilities(emulator, seeded)
         return proc.pid
+
+    def _know_capabilities(self, emulator: str, seeded: int) -> None:
+        """Load (or probe, when the shared copy is missing or stale) the emulator's
+        capabilities now, at lab up, not at the first guest start or while a migration
+        waits for the destination; then share a fresh probe with the host's next labs."""
+        t0 = time.monotonic()
+        try:
+            conn = self.connect()
+            try:
+                conn.getDomainCapabilities(emulator, "x86_64", None, "qemu", 0)
+            finally:
+                conn.close()
+        except (libvirt.libvirtError, LabError) as e:  # the guest start reports it properly
+            log.debug("capabilities of %s on %s: %s", emulator, self.host.name, e)
+            return
+        shared = capscache.publish(self.host, self.dir / "cache")
+        log.debug(
+            "capabilities of %s on %s: %.2f s (%d shared file(s) seeded, %d published)",
+            emulator,
+            self.host.name,
+            time.monotonic() - t0,
+            seeded,
+            shared,
+        )
 
     def _wait_ready(self, proc: Process, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -27,7 +27,15 @@ from testbed.model.profile import LinkProfile
 from testbed.model.pydantic_errors import input_keys
 
 FaultKill = Literal[
-    "none", "client", "dst-libvirtd", "src-libvirtd", "src-qemu", "dst-qemu", "delay-line"
+    "none",
+    "client",
+    "dst-libvirtd",
+    "src-libvirtd",
+    "src-qemu",
+    "dst-qemu",
+    "delay-line",
+    "dst-sshd",
+    "src-sshd",
 ]
 
 DEFAULT_TIMEOUT_MS = 300_000.0  # as the virt layer's MigrationOptions.timeout_s

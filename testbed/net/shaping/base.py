@@ -61,13 +61,28 @@ class Direction:
     network: str
     src: Endpoint
     dst: Endpoint
+    # where it is shaped: on the sender's egress ("src", the default), or on the
+    # receiver's ingress through an ifb device ("dst": one-ended shaping, for a lab
+    # that controls only one end of a link; the kernel engine only)
+    at: str = "src"
 
     def __str__(self) -> str:
-        return f"{self.network}: {self.src} -> {self.dst}"
+        where = "" if self.at == "src" else f" (shaped at {self.dst.host}'s ingress)"
+        return f"{self.network}: {self.src} -> {self.dst}{where}"
+
+    @property
+    def shaper(self) -> Endpoint:
+        """The endpoint whose host shapes this direction."""
+        return self.dst if self.at == "dst" else self.src
 
 
 def direction_from_dict(data: dict[str, Any]) -> Direction:
-    return Direction(data["network"], Endpoint(**data["src"]), Endpoint(**data["dst"]))
+    return Direction(
+        data["network"],
+        Endpoint(**data["src"]),
+        Endpoint(**data["dst"]),
+        data.get("at", "src"),
+    )
 
 
 def stray_direction(netns: str, ifname: str, src: str | None, dst: str | None) -> Direction:

@@ -171,8 +171,10 @@ class Egress:
     the old table, which is what a netem change without a table would do.
     """
 
-    def __init__(self, netns: str, ifname: str) -> None:
-        self.netns, self.ifname = netns, ifname
+    def __init__(self, netns: str, ifname: str, match: str = "dst") -> None:
+        """`match`: which address picks a peer's class, "dst" (what this host sends to the
+        peer) or "src" (on an ifb holding the interface's ingress: what the peer sends)."""
+        self.netns, self.ifname, self.match = netns, ifname, match
         self.sent_tables: dict[int, tuple[int, ...]] = {}
         self._mtu = 1500
 
@@ -270,6 +272,8 @@ class Egress:
                 continue
             m = nl.u32_match(nl.reparse(raw))
             if m is not None:
+                if self.match == "src":  # the state speaks of peers: here, by source
+                    m = replace(m, dst=m.src)
                 st.filters[raw["handle"] & 0xFFF] = m
         return st
 
@@ -326,7 +330,13 @@ class Egress:
             await self._set_leaf(ipr, index, minor, wanted[dst], st)
             if dst not in keep:
                 msg = nl.u32_dst_filter(
-                    index, root, FILTER_PRIO, minor, dst, nl.handle(ROOT_MAJOR, minor)
+                    index,
+                    root,
+                    FILTER_PRIO,
+                    minor,
+                    dst,
+                    nl.handle(ROOT_MAJOR, minor),
+                    field=self.match,
                 )
                 await self.request(ipr, msg, RTM_NEWTFILTER, _REQ | NLM_F_CREATE | NLM_F_EXCL)
 

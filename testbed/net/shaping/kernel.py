@@ -25,6 +25,7 @@ from testbed.net.shaping import distributions
 from testbed.net.shaping import netlink as nl
 from testbed.net.shaping.base import Direction, ShapingEngine, stray_direction
 from testbed.net.shaping.egress import Egress, Leaf, Pfifo, Tbf, clear_all
+from testbed.net.shaping.ingress import Ingress
 from testbed.net.shaping.netem_probe import netem_available
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class KernelNetemEngine(ShapingEngine):
     ) -> None:
         super().__init__(ledger, state_dir, here_only=here_only)
         self._egress: dict[tuple[str, str], Egress] = {}
+        self._ingress: dict[tuple[str, str], Ingress] = {}  # one-ended: shaped on arrival
         self._load()
 
     def _engine_state(self) -> dict[str, Any]:
@@ -97,7 +99,18 @@ class KernelNetemEngine(ShapingEngine):
                     "tables": {str(m): distributions.name_of(t) for m, t in eg.sent_tables.items()},
                 }
                 for eg in self._egress.values()
-            ]
+            ],
+            "ingress": [
+                {
+                    "netns": ing.netns,
+                    "ifname": ing.ifname,
+                    "tables": {
+                        str(m): distributions.name_of(t)
+                        for m, t in ing.egress.sent_tables.items()
+                    },
+                }
+                for ing in self._ingress.values()
+            ],
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -106,6 +119,11 @@ class KernelNetemEngine(ShapingEngine):
             for minor, name in e.get("tables", {}).items():
                 if name is not None:
                     eg.sent_tables[int(minor)] = distributions.table(name)
+        for e in state.get("ingress", []):
+            ing = self._ingress_for(e["netns"], e["ifname"])
+            for minor, name in e.get("tables", {}).items():
+                if name is not None:
+                    ing.egress.sent_tables[int(minor)] = distributions.table(name)
 
     def check(self, profile: LinkProfile, direction: Direction | None = None) -> None:
         """Refuse before touching anything: netem missing, or a distribution table."""
@@ -120,8 +138,15 @@ class KernelNetemEngine(ShapingEngine):
             distributions.table(profile.jitter_distribution)
 
     def share(self, direction: Direction, profile: LinkProfile) -> LinkProfile | None:
-        """Everything is on the sender: the whole profile where src is, nothing elsewhere."""
-        return profile if self._here(direction.src) else None
+        """Everything is on one host, the sender (or the receiver, for a direction shaped
+        at its ingress): the whole profile there, nothing elsewhere."""
+        return profile if self._here(direction.shaper) else None
+
+    def _ingress_for(self, netns: str, ifname: str) -> Ingress:
+        key = (netns, ifname)
+        if key not in self._ingress:
+            self._ingress[key] = Ingress(netns, ifname)
+        return self._ingress[key]
 
     def _egress_for(self, netns: str, ifname: str) -> Egress:
         key = (netns, ifname)
@@ -131,13 +156,22 @@ class KernelNetemEngine(ShapingEngine):
 
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
         per_if: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._egress}
+        per_in: dict[tuple[str, str], dict[str, Leaf]] = {k: {} for k in self._ingress}
         for d, profile in wanted.items():
-            if not self._here(d.src):
-                continue  # as an agent: the sender's own agent shapes it
+            if not self._here(d.shaper):
+                continue  # as an agent: the shaping host's own agent shapes it
+            if d.at == "dst":  # on arrival: the receiver's ifb, classes by source address
+                self._ingress_for(d.dst.netns, d.dst.ifname)
+                per_in.setdefault((d.dst.netns, d.dst.ifname), {})[d.src.address] = (
+                    to_leaf(profile)
+                )
+                continue
             self._egress_for(d.src.netns, d.src.ifname)
             per_if.setdefault((d.src.netns, d.src.ifname), {})[d.dst.address] = to_leaf(profile)
         for key, peers in per_if.items():
             self._egress[key].apply(peers)
+        for key, peers in per_in.items():
+            self._ingress[key].apply(peers)
 
     def read_back(self) -> dict[Direction, LinkProfile]:
         by_key = {(d.src.netns, d.src.ifname, d.dst.address): d for d in self._known}
@@ -150,6 +184,15 @@ class KernelNetemEngine(ShapingEngine):
                         f"{eg!r}: the class for {dst} holds a qdisc testbed did not make"
                     )
                 held[d] = from_leaf(leaf)
+        by_in = {
+            (d.dst.netns, d.dst.ifname, d.src.address): d for d in self._known if d.at == "dst"
+        }
+        for (netns, ifname), ing in self._ingress.items():
+            for src, leaf in ing.read().items():
+                d = by_in.get((netns, ifname, src)) or stray_direction(netns, ifname, src, None)
+                if leaf is None:
+                    raise LabError(f"{ing!r}: the class for {src} holds a foreign qdisc")
+                held[d] = from_leaf(leaf)
         return held
 
     def health(self) -> dict[str, Any]:
@@ -157,10 +200,16 @@ class KernelNetemEngine(ShapingEngine):
             "engine": self.name,
             "ok": True,
             "fail_mode": self.fail_mode,
-            "interfaces": [f"{ns}:{ifn}" for ns, ifn in self._egress],
+            "interfaces": [f"{ns}:{ifn}" for ns, ifn in self._egress]
+            + [f"{ns}:{ifn} (ingress)" for ns, ifn in self._ingress],
             "processes": [],
         }
 
     def close(self) -> None:
         clear_all(self._egress)
+        for ing in self._ingress.values():
+            try:
+                ing.clear()
+            except LabError as e:
+                log.warning("clearing %r: %s", ing, e)
         self._forget()

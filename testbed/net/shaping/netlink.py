@@ -391,12 +391,16 @@ def unpack_u32_sel(data: bytes) -> list[tuple[int, int, int]]:
     return keys
 
 
-IPV4_DST_OFFSET = 16
+IPV4_SRC_OFFSET, IPV4_DST_OFFSET = 12, 16
 
 
-def u32_dst_filter(index: int, parent: int, prio: int, node: int, dst: str, classid: int) -> TcMsg:
-    """`match ip dst DST/32 flowid CLASSID` with an explicit handle, so it can be deleted."""
+def u32_dst_filter(
+    index: int, parent: int, prio: int, node: int, dst: str, classid: int, field: str = "dst"
+) -> TcMsg:
+    """`match ip dst DST/32 flowid CLASSID` (or `ip src` with field="src") with an
+    explicit handle, so it can be deleted."""
     (value,) = struct.unpack(">I", socket.inet_aton(dst))
+    offset = IPV4_SRC_OFFSET if field == "src" else IPV4_DST_OFFSET
     msg = _base(index, u32_handle(node), parent, "u32", _info(prio))
     msg["attrs"].append(
         [
@@ -404,7 +408,7 @@ def u32_dst_filter(index: int, parent: int, prio: int, node: int, dst: str, clas
             {
                 "attrs": [
                     ["TCA_U32_CLASSID", classid],
-                    ["TCA_U32_SEL", pack_u32_sel([(0xFFFFFFFF, value, IPV4_DST_OFFSET)])],
+                    ["TCA_U32_SEL", pack_u32_sel([(0xFFFFFFFF, value, offset)])],
                 ]
             },
         ]
@@ -422,6 +426,7 @@ class U32Match:
     prio: int
     classid: int
     dst: str | None  # None: a filter that is not a single "ip dst /32" match
+    src: str | None = None  # ... or the address of a single "ip src /32" match
 
 
 def u32_match(msg: tcmsg) -> U32Match | None:
@@ -430,12 +435,15 @@ def u32_match(msg: tcmsg) -> U32Match | None:
     if opts is None or opts.get_attr("TCA_U32_SEL") is None:
         return None
     keys = unpack_u32_sel(opts.get_attr("TCA_U32_SEL"))
-    dst = None
+    dst = src = None
     if len(keys) == 1 and keys[0][0] == 0xFFFFFFFF and keys[0][2] == IPV4_DST_OFFSET:
         dst = socket.inet_ntoa(struct.pack(">I", keys[0][1]))
+    if len(keys) == 1 and keys[0][0] == 0xFFFFFFFF and keys[0][2] == IPV4_SRC_OFFSET:
+        src = socket.inet_ntoa(struct.pack(">I", keys[0][1]))
     return U32Match(
         handle=msg["handle"],
         prio=msg["info"] >> 16,
         classid=opts.get_attr("TCA_U32_CLASSID") or 0,
         dst=dst,
+        src=src,
     )

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import testbed
-from testbed.errors import LabError
+from testbed.errors import CapabilityMissing, LabError
 from testbed.hosts.ledger import Ledger, process_start_time, same_process
 from testbed.model.profile import LinkProfile
 from testbed.net.shaping import distributions, iptables
@@ -187,6 +187,14 @@ class UserspaceEngine(ShapingEngine):
             )
 
     def check(self, profile: LinkProfile, direction: Direction | None = None) -> None:
+        if direction is not None and direction.at == "dst" and profile.rate_bit is not None:
+            # the delay line already runs on the receiver; the rate is the sender's tbf
+            raise CapabilityMissing(
+                f"{direction}: the userspace engine shapes a rate on the sender only; "
+                "one-ended shaping of a rate needs the kernel engine (an ifb on the receiver)",
+                hint="delay, jitter and loss need no rate: the userspace delay line runs on "
+                "the receiver already",
+            )
         if profile.jitter_ms:
             distributions.table(profile.jitter_distribution)  # CapabilityMissing if absent
 
