@@ -21,6 +21,7 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,15 +84,24 @@ def median(values: list[Any]) -> float | None:
     return round(statistics.median(nums), 3) if nums else None
 
 
-def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per RTT: the median of each measure per fix, and what the guard adds over early."""
+def medians(
+    samples: dict[tuple[str, str], list[dict[str, Any]]], measures: tuple[str, ...]
+) -> dict[str, Any]:
+    """rtt -> fix -> the median of each measure, the outcomes and the sample count."""
     out: dict[str, Any] = {}
     for (rtt, fix), runs in samples.items():
-        cell = {m: median([r[m] for r in runs]) for m in MEASURES}
+        cell = {m: median([r[m] for r in runs]) for m in measures}
         cell["outcomes"] = [r["outcome"] for r in runs]
-        cell["guard_results"] = [r["guard_result"] for r in runs if r["guard_result"]]
         cell["samples"] = len(runs)
         out.setdefault(rtt, {})[fix] = cell
+    return out
+
+
+def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per RTT: the median of each measure per fix, and what the guard adds over early."""
+    out = medians(samples, MEASURES)
+    for (rtt, fix), runs in samples.items():
+        out[rtt][fix]["guard_results"] = [r["guard_result"] for r in runs if r["guard_result"]]
     for cells in out.values():
         early, guard = cells.get("early", {}), cells.get("guard", {})
         cells["guard_minus_early"] = {
@@ -131,17 +141,24 @@ def table(summary: dict[str, Any]) -> Table:
     return t
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def bench_args(doc: str, name: str) -> argparse.Namespace:
+    """The options every cost bench takes (--repeat, --rtt, --out, --topology)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=1, help="runs of the whole matrix")
     ap.add_argument("--rtt", default="0,200,1000", help="client-destination RTTs in ms")
-    ap.add_argument("--out", default=None, help="output root (default runs/<stamp>-guard-cost)")
+    ap.add_argument("--out", default=None, help=f"output root (default runs/<stamp>-{name})")
     ap.add_argument("--topology", default=str(REPO / "topologies" / "local.yaml"))
     args = ap.parse_args()
-    rtts = [int(r) for r in args.rtt.split(",")]
-    pb = parse_playbook(playbook_text(rtts), "bench/guard_cost.py:guard-cost")
-    the_plan = plan([pb], topology=args.topology)
-    root = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-guard-cost")
+    args.rtts = [int(r) for r in args.rtt.split(",")]
+    return args
+
+
+def run_cells(
+    text: str, source: str, name: str, args: argparse.Namespace
+) -> tuple[list[str], dict[tuple[str, str], list[dict[str, Any]]]]:
+    """Run the bench's playbook `args.repeat` times; its run dirs and (rtt, fix) -> samples."""
+    the_plan = plan([parse_playbook(text, source)], topology=args.topology)
+    root = Path(args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{name}")
     err = Console(stderr=True, width=150)  # a table wide enough to read whole in a log
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
     dirs = []
@@ -161,10 +178,27 @@ def main() -> int:
         for s in run.to_json()["scenarios"]:
             key = (s["params"]["rtt"], s["params"]["fix"])
             samples.setdefault(key, []).append(sample(s))
+    return dirs, samples
+
+
+def bench_main(
+    doc: str,
+    name: str,
+    text_of: Callable[[list[int]], str],
+    summarise: Callable[[dict[tuple[str, str], list[dict[str, Any]]]], dict[str, Any]],
+    table: Callable[[dict[str, Any]], Table],
+) -> int:
+    """A cost bench: its playbook at the asked RTTs, run, summarised as JSON and a table."""
+    args = bench_args(doc, name)
+    dirs, samples = run_cells(text_of(args.rtts), f"bench:{name}", name, args)
     summary = summarise(samples)
     print(json.dumps({"runs": dirs, "repeat": args.repeat, "rtt": summary}, indent=2))
-    err.print(table(summary))
+    Console(stderr=True, width=150).print(table(summary))
     return 0
+
+
+def main() -> int:
+    return bench_main(__doc__ or "", "guard-cost", playbook_text, summarise, table)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Bug 884631 end to end: both cases reproduce with the fix off and are fixed with
-spice_guard on; the baseline is seamless. Real libvirtd, QEMU, remote-viewer.
+"""Bug 884631 end to end: both cases reproduce with the fix off and are fixed by
+spice_guard and by the patched spice-server (fix-server: both hypervisors' QEMU map the
+build `make setup` makes); the baseline is seamless. Real libvirtd, QEMU, remote-viewer.
 
 Twice: on the embedded lab driven directly (local.yaml) and on the same lab driven
 only over SSH (ssh-local.yaml: an sshd per host, qemu+ssh, shaping and the client
@@ -37,16 +38,24 @@ def scenario(run: dict, name: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("name", "outcome", "usbredir", "guarded"),
+    ("name", "outcome", "usbredir", "guarded", "server"),
     [
-        ("late-client/fix-off", "switch-host", "reconnected", False),
-        ("late-client/fix-on", "seamless", "migrated", True),
-        ("slow-dst/fix-off", "switch-host", "reconnected", False),
-        ("slow-dst/fix-on", "seamless", "migrated", True),
+        ("late-client/fix-off", "switch-host", "reconnected", False, "stock"),
+        ("late-client/fix-guard", "seamless", "migrated", True, "stock"),
+        ("late-client/fix-server", "seamless", "migrated", False, "patched"),
+        ("slow-dst/fix-off", "switch-host", "reconnected", False, "stock"),
+        ("slow-dst/fix-guard", "seamless", "migrated", True, "stock"),
+        ("slow-dst/fix-server", "seamless", "migrated", False, "patched"),
     ],
 )
 def test_outcome_and_usb_channel(
-    needs_root: None, bug_run: dict, name: str, outcome: str, usbredir: str, guarded: bool
+    needs_root: None,
+    bug_run: dict,
+    name: str,
+    outcome: str,
+    usbredir: str,
+    guarded: bool,
+    server: str,
 ) -> None:
     s = scenario(bug_run, name)
     assert s["error"] is None, s["error"]
@@ -62,10 +71,16 @@ def test_outcome_and_usb_channel(
         assert s["guard"] is None
     for kind in ("client_log", "screenshot_before", "screenshot_after", "logs"):
         assert Path(s["artifacts"][kind]).exists(), kind
+    # both QEMUs (before and after the migration) mapped the spice-server asked for
+    mapped = s["guest"]["spice_server"]
+    assert set(mapped) == {"src", "dst"}, mapped
+    for lib in mapped.values():
+        assert lib["asked"] == server and lib["build_id"], lib
+        assert ("/spice-884631-" in lib["path"]) == (server == "patched"), lib
 
 
 def test_case1_client_connected_during_migration(needs_root: None, bug_run: dict) -> None:
-    for name in ("late-client/fix-off", "late-client/fix-on"):
+    for name in ("late-client/fix-off", "late-client/fix-guard", "late-client/fix-server"):
         s = scenario(bug_run, name)
         c = s["client"]
         # mid-copy, where the playbook asked: not at the end of the first pass
@@ -73,7 +88,7 @@ def test_case1_client_connected_during_migration(needs_root: None, bug_run: dict
         assert not [e for e in s["timeline"] if e["kind"] == "client.trigger-late"]
     cmi = [
         a
-        for a in scenario(bug_run, "late-client/fix-on")["guard"]["actions"]
+        for a in scenario(bug_run, "late-client/fix-guard")["guard"]["actions"]
         if a["action"] == "client_migrate_info"
     ]
     assert cmi and cmi[0]["ok"], "the guard must resend client_migrate_info to a late client"

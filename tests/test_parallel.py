@@ -28,7 +28,7 @@ def test_two_workers_run_two_labs_at_once(needs_root: None, tmp_path: Path) -> N
             "playbooks/seamless-baseline.yaml",
             "playbooks/bug-884631.yaml",
             "-k",
-            "seamless-baseline or (late-client and fix-on)",
+            "seamless-baseline or (late-client and fix-guard)",
             "--testbed-out",
             str(runs),
             f"--junitxml={tmp_path / 'junit.xml'}",

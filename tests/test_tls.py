@@ -1,6 +1,6 @@
 """A secure display: every lab's SPICE has a ticket, and no secret reaches an artifact.
 
-One scenario of bug 884631 (slow-dst/fix-on, the shortest) runs on the embedded
+One scenario of bug 884631 (slow-dst/fix-guard, the shortest) runs on the embedded
 lab; while it runs the test reads the lab's ticket and checks that QEMU runs with
 ticketing on and that remote-viewer's command line does not hold the ticket.
 After the run it greps every byte of the run directory (logs, client logs,
@@ -49,7 +49,7 @@ def _files_holding(root: Path, needles: list[bytes]) -> list[str]:
 
 def test_ticket_is_used_and_never_written_out(needs_root: None, tmp_path: Path) -> None:
     pb = load_playbook(REPO / "playbooks" / "bug-884631.yaml")
-    scenario = next(s for s in pb.scenarios() if s.name == "slow-dst/fix-on")
+    scenario = next(s for s in pb.scenarios() if s.name == "slow-dst/fix-guard")
     run = ScenarioRun(scenario, load_topology(REPO / "topologies" / "local.yaml"), tmp_path, print)
     box: dict[str, ScenarioResult] = {}
     t = threading.Thread(target=lambda: box.setdefault("r", run.run()), daemon=True)

@@ -62,4 +62,4 @@ def test_an_installed_wheel_runs_shipped_playbooks_from_any_directory(tmp_path: 
             env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
         )
         assert p.returncode == 0, p.stderr
-        assert "late-client/fix-on" in p.stdout and "slow-dst/fix-off" in p.stdout
+        assert "late-client/fix-guard" in p.stdout and "slow-dst/fix-off" in p.stdout

@@ -13,10 +13,14 @@ from pathlib import Path, PurePath
 from testbed.errors import InputError, LabError
 from testbed.lab.lab import Lab
 from testbed.lab.ticket import spice_ticket
+from testbed.model.hostspec import SpiceServer
+from testbed.model.result import SpiceServerLib
 from testbed.virt.accel import READY_MARKER, probe_accel
+from testbed.virt.builds import spice_server_build
 from testbed.virt.domain import DEFAULT_EMULATOR, DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
 from testbed.virt.migration import Migration, MigrationOptions
+from testbed.virt.qemu_maps import mapped_library
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +35,36 @@ class RunningGuest:
     boot_s: float | None
 
 
-def _emulator(lab: Lab, host: str) -> str:
-    emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
+def spice_server_of(lab: Lab, host: str, guest: str | None = None) -> SpiceServer:
+    """The spice-server `host` runs (for `guest`): the scenario's choice, else the topology's."""
+    chosen = lab.record.info.get("guests", {}).get(guest, {}).get("spice_server")
+    return chosen or lab.topology.hosts[host].spice_server
+
+
+def _emulator(lab: Lab, host: str, spice_server: SpiceServer | None = None) -> str:
+    """The QEMU binary a guest on `host` runs: the patched build's wrapper, or the topology's."""
+    field = f"hosts.{host}.emulator"
+    if (spice_server or lab.topology.hosts[host].spice_server) == "patched":
+        field = f"hosts.{host}.spice_server"
+        try:
+            emu = str(spice_server_build().emulator)
+        except InputError as e:
+            raise InputError(
+                f"spice_server: patched: {e.message}",
+                file=lab.topology.source,
+                field=field,
+                hint=e.hint,
+            ) from None
+    else:
+        emu = lab.topology.hosts[host].emulator or DEFAULT_EMULATOR
     if not lab.hosts[host].which(emu):
         raise InputError(
             f"QEMU emulator {emu!r} not found on {host}",
             file=lab.topology.source,
-            field=f"hosts.{host}.emulator",
+            field=field,
+            hint="the patched build is made on this machine by make setup"
+            if field.endswith("spice_server")
+            else None,
         )
     return emu
 
@@ -79,9 +106,14 @@ def start_guest(
     *,
     dirty_rate: float | None = None,
     fill_mib: int | None = None,
+    spice_server: SpiceServer | None = None,
     boot_timeout_s: float = 90,
 ) -> RunningGuest:
-    """Start guest `name` on its hypervisor and wait for its boot marker."""
+    """Start guest `name` on its hypervisor and wait for its boot marker.
+
+    `spice_server` selects the spice-server of every hypervisor the guest runs on (the
+    domain carries its emulator); without it each host's topology field does.
+    """
     if name not in lab.topology.guests:
         raise InputError(
             f"no guest {name!r} in the topology (guests: "
@@ -98,7 +130,7 @@ def start_guest(
         memory_mib=g.memory,
         vcpus=g.vcpus,
         accel=accel,
-        emulator=_emulator(lab, host),
+        emulator=_emulator(lab, host, spice_server),
         spice_ticket=spice_ticket(lab.dir),
         spice_tls=lab.topology.spice_tls,
     )
@@ -123,6 +155,7 @@ def start_guest(
         lab.ledger.record("domain", name=domain, host=hv, uri=lab.libvirtd(hv).uri)
     serial = serial_path(lab, host, domain)
     lab.hosts[host].run(["rm", "-f", str(serial)])
+    lab.record.info.setdefault("guests", {})[name] = {"spice_server": spice_server}
     start_domain(lab.conn(host), spec)
     _set_location(lab, name, host)
     boot = None
@@ -132,8 +165,21 @@ def start_guest(
 
 
 def _set_location(lab: Lab, guest: str, host: str) -> None:
-    lab.record.info.setdefault("guests", {})[guest] = {"host": host}
+    lab.record.info.setdefault("guests", {}).setdefault(guest, {})["host"] = host
     lab.record.save()
+
+
+def spice_server_mapped(lab: Lab, guest: str, host: str) -> SpiceServerLib | None:
+    """Which libspice-server `guest`'s QEMU on `host` mapped; None when none runs it there."""
+    found = mapped_library(lab.hosts[host], lab.domain_name(guest))
+    if found is None:
+        return None
+    return SpiceServerLib(
+        asked=spice_server_of(lab, host, guest),
+        path=found.path,
+        build_id=found.build_id,
+        pid=found.pid,
+    )
 
 
 def location(lab: Lab, guest: str) -> str:
@@ -170,6 +216,10 @@ def migration_for(
         postcopy=postcopy,
         timeout_s=timeout_s,
     )
+    chosen = lab.record.info.get("guests", {}).get(guest, {}).get("spice_server")
+    dst_emulator = _emulator(lab, to, chosen)
+    if dst_emulator != _emulator(lab, src, chosen):  # each host runs its own spice-server
+        opts.dest_emulator = dst_emulator
     if opts.graphics_uri is None and display_network in lab.topology.networks:
         opts.graphics_uri = f"spice://{lab.address(to, display_network)}"
     return Migration(lab.conn(src), lab.conn(to), lab.domain_name(guest), opts)

@@ -11,9 +11,12 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["IFNAME_RE", "SSH_FIELDS", "HostSpec", "Strict"]
+__all__ = ["IFNAME_RE", "SSH_FIELDS", "HostSpec", "SpiceServer", "Strict"]
+
+#: which spice-server a hypervisor's QEMU loads: Debian's, or testbed's bug 884631 build
+SpiceServer = Literal["stock", "patched"]
 
 
 class Strict(BaseModel):
@@ -50,6 +53,11 @@ class HostSpec(Strict):
     libvirt_uri: str | None = None
     emulator: str | None = Field(
         None, description="QEMU binary, e.g. a build with a patched spice-server"
+    )
+    spice_server: SpiceServer = Field(
+        "stock",
+        description="patched: QEMU runs with the bug 884631 spice-server that make setup "
+        "builds (its emulator wrapper); stock: the emulator's own",
     )
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     address: str | None = Field(None, min_length=1, pattern=r"^[^\s/@]+$")
@@ -88,6 +96,15 @@ class HostSpec(Strict):
     gateway: str | None = Field(
         None, description="another ssh host of the topology to reach this one through (ProxyJump)"
     )
+
+    @model_validator(mode="after")
+    def _one_emulator(self) -> HostSpec:
+        if self.spice_server == "patched" and self.emulator is not None:
+            raise ValueError(
+                "spice_server: patched runs the patched build's own emulator wrapper; "
+                "drop emulator: or spice_server:"
+            )
+        return self
 
     @field_validator("interfaces")
     @classmethod

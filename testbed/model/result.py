@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from testbed.errors import InputError
+from testbed.model.hostspec import SpiceServer
 from testbed.model.outcome import MigrationResult, Observed, Outcome, UsbRedir, Verdict, verdict_of
 
 SCHEMA_VERSION = 2
@@ -85,12 +86,25 @@ class ClientSummary(_Part):
     )
 
 
+class SpiceServerLib(_Part):
+    """The libspice-server a guest's QEMU mapped on one host, read from /proc/PID/maps."""
+
+    asked: SpiceServer = Field(description="what the topology or the scenario selected")
+    path: str | None = Field(None, description="the mapped file; None: QEMU mapped none")
+    build_id: str | None = Field(None, description="its GNU build id (ELF note)")
+    pid: int | None = None
+
+
 class GuestSummary(_Part):
-    """Stretches with no new heartbeat emitted (downtime, TCG starvation, a paused guest)."""
+    """Stretches with no new heartbeat emitted (downtime, TCG starvation, a paused guest),
+    and which spice-server each host's QEMU ran."""
 
     stall_ms: float | None = Field(None, description="the longest")
     switchover_stall_ms: float | None = Field(None, description="the one at the switchover")
     stalls: list[Stretch] = Field(default_factory=list)
+    spice_server: dict[str, SpiceServerLib] = Field(
+        default_factory=dict, description="host -> the library its QEMU mapped"
+    )
 
 
 class GuardAction(BaseModel):

@@ -25,6 +25,7 @@ from testbed.report.text import (
     got_text,
     guard_text,
     outcome_label,
+    spice_server_text,
 )
 
 MAX_EMBED_BYTES = 400_000  # a screenshot larger than this is linked, not embedded
@@ -88,8 +89,7 @@ def report_html(run: Run) -> str:
 
 def _anchors(scenarios: list[ScenarioResult]) -> list[str]:
     return [
-        f"s{i}-{re.sub(r'[^A-Za-z0-9]+', '-', s.name).strip('-')}"
-        for i, s in enumerate(scenarios)
+        f"s{i}-{re.sub(r'[^A-Za-z0-9]+', '-', s.name).strip('-')}" for i, s in enumerate(scenarios)
     ]
 
 
@@ -219,6 +219,7 @@ def _facts(s: ScenarioResult) -> str:
         ),
         ("client", _client_text(client)),
         ("guest", _guest_text(s.guest)),
+        ("spice-server", spice_server_text(s)),
     ]
     if guard:
         acts = ", ".join(a.action for a in guard.actions)

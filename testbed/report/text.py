@@ -51,3 +51,14 @@ def outcome_label(s: ScenarioResult) -> str:
     if s.outcome:
         return str(s.outcome)
     return "error" if s.error else "-"
+
+
+def spice_server_text(s: ScenarioResult) -> str:
+    """Which libspice-server each host's QEMU mapped, e.g. "src: patched /p/lib... (id 48e4...)"."""
+    if not s.guest.spice_server:
+        return "not recorded"
+    return "; ".join(
+        f"{host}: {lib.asked} {lib.path or 'none mapped'}"
+        + (f" (build id {lib.build_id})" if lib.build_id else "")
+        for host, lib in s.guest.spice_server.items()
+    )

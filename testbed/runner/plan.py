@@ -32,6 +32,7 @@ from testbed.runner.result import RunResult, ScenarioResult
 from testbed.runner.scenario import ScenarioRun
 from testbed.runner.select import select
 from testbed.shipped import DEFAULT_TOPOLOGY, playbook_path
+from testbed.virt.builds import spice_server_build
 
 Progress = Callable[[str], None]
 ScenarioDone = Callable[[ScenarioResult], None]
@@ -114,6 +115,24 @@ def check_against(scenarios: list[Scenario], topo: Topology, playbook: str) -> N
                     need(h in members, where, f"{h!r} is not on network {st.network!r}")
 
 
+def check_builds(pp: PlannedPlaybook) -> None:
+    """A scenario or host that asks for the patched spice-server needs its build (make
+    setup): an InputError before any lab comes up. Not at planning, so `--list` and
+    collection work on a machine without it."""
+    asked = any(h.spice_server == "patched" for h in pp.topology.hosts.values()) or any(
+        isinstance(st, StartGuestStep) and st.spice_server == "patched"
+        for sc in pp.scenarios
+        for st in sc.steps
+    )
+    if asked:
+        try:
+            spice_server_build()
+        except InputError as e:
+            raise InputError(
+                f"spice_server: patched: {e.message}", file=pp.playbook.source, hint=e.hint
+            ) from None
+
+
 def default_out_dir(playbook: Playbook) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{stamp}-{playbook.name}"
@@ -156,6 +175,7 @@ def run_planned(
     on_scenario: ScenarioDone | None = None,
 ) -> RunResult:
     """Every scenario of one planned playbook, in order, into `out_dir`."""
+    check_builds(pp)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = pp.new_result(out_dir)
     for sc in pp.scenarios:

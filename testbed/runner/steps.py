@@ -12,7 +12,7 @@ from typing import Any
 
 from testbed.errors import LabError
 from testbed.lab.guests import finish_migration as record_location
-from testbed.lab.guests import migration_for, serial_path, start_guest
+from testbed.lab.guests import migration_for, serial_path, spice_server_mapped, start_guest
 from testbed.model.playbook import (
     ConnectClientStep,
     ExpectStep,
@@ -72,10 +72,13 @@ def shape(ctx: Context, s: ShapeStep) -> None:
 def boot(ctx: Context, s: StartGuestStep) -> None:
     lab = ctx.need_lab()
     ctx.say(f"boot {s.guest}")
-    g = start_guest(lab, s.guest, dirty_rate=s.dirty_rate, fill_mib=s.fill_mib)
+    g = start_guest(
+        lab, s.guest, dirty_rate=s.dirty_rate, fill_mib=s.fill_mib, spice_server=s.spice_server
+    )
     ctx.timeline.add(
         "guest.boot", guest=s.guest, host=g.host, accel=g.accel, boot_s=round(g.boot_s or 0, 3)
     )
+    record_spice_server(ctx, s.guest, g.host)
     ctx.events = GraphicsEventLog(g.domain)
     for hv in lab.topology.hypervisors():
         ctx.events.watch(hv, lab.conn(hv))
@@ -180,6 +183,8 @@ def finish_migration(ctx: Context) -> None:
     if w.guard:
         ctx.result.guard = GuardReport.model_validate(w.guard.stop().to_json())
     record_location(ctx.need_lab(), w.guest, w.m, w.to)
+    if rec.result == "completed":
+        record_spice_server(ctx, w.guest, w.to)
     ctx.timeline.add(
         "migration.end",
         result=rec.result,
@@ -193,6 +198,18 @@ def finish_migration(ctx: Context) -> None:
     mig.downtime_ms, mig.bytes = rec.downtime_ms, rec.bytes
     mig.first_byte_s = rec.first_byte_s
     ctx.raise_trigger_error()
+
+
+def record_spice_server(ctx: Context, guest: str, host: str) -> None:
+    """Which libspice-server the guest's QEMU on `host` mapped, into the result."""
+    found = spice_server_mapped(ctx.need_lab(), guest, host)
+    if found is None:
+        ctx.timeline.add("spice-server.unknown", guest=guest, host=host)
+        return
+    ctx.result.guest.spice_server[host] = found
+    ctx.timeline.add(
+        "spice-server.mapped", guest=guest, host=host, path=found.path, build_id=found.build_id
+    )
 
 
 def fire_after_triggers(ctx: Context) -> None:

@@ -27,3 +27,6 @@ def playbook_path(name_or_path: str) -> str:
         return name_or_path
     shipped = PLAYBOOKS / f"{name_or_path.removesuffix('.yaml')}.yaml"
     return str(shipped) if shipped.is_file() else name_or_path
+
+#: the patches testbed builds into its fixed components (testbed.virt.builds)
+PATCHES = SHIPPED / "patches"

@@ -10,10 +10,12 @@ timeout aborts the job, which leaves the VM running on the source.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -32,6 +34,7 @@ class MigrationOptions:
     auto_converge: bool = False
     postcopy: bool = False
     timeout_s: float = 300.0
+    dest_emulator: str | None = None  # the destination's QEMU, when it is not the source's
 
 
 MigrationState = Literal["pending", "running"] | MigrationResult
@@ -94,7 +97,20 @@ class Migration:
             p[libvirt.VIR_MIGRATE_PARAM_GRAPHICS_URI] = self.options.graphics_uri
         if self.options.bandwidth_mib:
             p[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(self.options.bandwidth_mib)
+        if self.options.dest_emulator:
+            p[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = self._dest_xml(self.options.dest_emulator)
         return p
+
+    def _dest_xml(self, emulator: str) -> str:
+        """The domain as it migrates, with the destination's own emulator."""
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+        xml = self.dom.XMLDesc(flags)
+        new, n = re.subn(
+            r"<emulator>[^<]*</emulator>", f"<emulator>{escape(emulator)}</emulator>", xml
+        )
+        if n != 1:
+            raise LabError(f"{self.name}: the domain XML has {n} <emulator> elements, not one")
+        return new
 
     def _flags(self) -> int:
         f = libvirt.VIR_MIGRATE_LIVE

@@ -21,6 +21,7 @@ from pydantic import (
 
 from testbed.errors import InputError
 from testbed.model import units
+from testbed.model.hostspec import SpiceServer
 from testbed.model.outcome import MigrationResult, Outcome, UsbRedir
 from testbed.model.profile import LinkProfile
 from testbed.model.pydantic_errors import input_keys
@@ -247,11 +248,16 @@ class ShapeStep(Step):
 
 
 class StartGuestStep(Step):
-    """Start a guest; fill and dirty_rate override the topology's when given."""
+    """Start a guest; fill, dirty_rate and spice_server override the topology's when given."""
 
     kind: ClassVar[str] = "start_guest"
 
     guest: str
+    spice_server: SpiceServer | None = Field(
+        None,
+        description="the spice-server of every hypervisor this guest runs on in this "
+        "scenario (stock or patched), instead of each host's topology field",
+    )
     fill_mib: Annotated[int | None, BeforeValidator(_fill_mib)] = _choices(
         "fill", "fill_mib", default=None, ge=0
     )
@@ -327,8 +333,7 @@ class ExpectStep(Expectation, Step):
     def _something(self) -> ExpectStep:
         if self.is_empty():
             raise ValueError(
-                "an expect step needs at least one of outcome, usbredir, "
-                "max_frozen, migration"
+                "an expect step needs at least one of outcome, usbredir, max_frozen, migration"
             )
         return self
 
