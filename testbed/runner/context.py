@@ -9,6 +9,7 @@ from pathlib import Path
 
 from testbed.lab.lab import Lab
 from testbed.lab.links import LabLinks
+from testbed.lab.spice import GuestDisplay
 from testbed.model.playbook import ConnectClientStep, Scenario
 from testbed.model.topology import Topology
 from testbed.runner.result import ScenarioResult
@@ -36,6 +37,10 @@ class Context:
     watch: MigrationWatch | None = None
     pending: list[ConnectClientStep] = field(default_factory=list)  # late connect triggers
     heartbeats: list[SerialWatcher] = field(default_factory=list)  # the guest's, per hypervisor
+    # where the guest's display was when its migration started: a late client connects
+    # there (the source's port holds until the switchover) without asking libvirt mid-job,
+    # where over qemu+ssh a domain query can wait seconds behind the migration
+    display_at_start: GuestDisplay | None = None
 
     def need_lab(self) -> Lab:
         assert self.lab, "the lab is up before any step runs"

@@ -19,7 +19,7 @@ from typing import Any
 
 from testbed.errors import TestbedError
 from testbed.lab.lab import Lab
-from testbed.lab.spice import guest_display, spice_client
+from testbed.lab.spice import GuestDisplay, guest_display, spice_client
 from testbed.model.playbook import ConnectClientStep
 from testbed.model.result import LagStats, Stretch
 from testbed.runner.result import ScenarioResult
@@ -59,14 +59,20 @@ class ClientSession:
 
     # -- connecting ------------------------------------------------------------------
     def connect(
-        self, s: ConnectClientStep, migration: Migration | None, at_pct: float | None = None
+        self,
+        s: ConnectClientStep,
+        migration: Migration | None,
+        at_pct: float | None = None,
+        where: GuestDisplay | None = None,
     ) -> None:
         """Connect the client; `at_pct` is the progress sample that fired its trigger
-        (asking libvirt again after the connect would read a later, larger figure)."""
+        (asking libvirt again after the connect would read a later, larger figure), and
+        `where` the display to reach (default: where libvirt says the guest runs now)."""
         at = migration.elapsed() if migration else 0.0
         if self.client is None:
             self.client = spice_client(self.lab, self.dir, client=s.client)
-        where = guest_display(self.lab, s.guest)
+        if where is None:
+            where = guest_display(self.lab, s.guest)
         self.client.connect(where.uri)
         self.guest = s.guest
         data: dict[str, Any] = {"uri": where.uri, "trigger": s.when.kind}

@@ -13,6 +13,7 @@ from typing import Any
 from testbed.errors import LabError
 from testbed.lab.guests import finish_migration as record_location
 from testbed.lab.guests import migration_for, serial_path, spice_server_mapped, start_guest
+from testbed.lab.spice import guest_display
 from testbed.model.playbook import (
     ConnectClientStep,
     ExpectStep,
@@ -117,7 +118,9 @@ def fire_due_triggers(ctx: Context, m: Migration, pct: float) -> None:
                 # the first pass ended between two samples: the client comes at the
                 # end of the copy, not where the playbook asked; say so in the timeline
                 ctx.timeline.add("client.trigger-late", when=s.when.kind, value=s.when.value)
-            ctx.client_session().connect(s, m, pct)
+            # until the switchover the guest runs where it ran at the start: connect there
+            before = ctx.display_at_start if pct < 100 and not m.done else None
+            ctx.client_session().connect(s, m, pct, before)
 
 
 def migrate(ctx: Context, s: MigrateStep) -> None:
@@ -157,6 +160,8 @@ def migrate(ctx: Context, s: MigrateStep) -> None:
         guard=guard,
         tick=lambda m, pct: fire_due_triggers(ctx, m, pct),
     )
+    if ctx.pending:  # a late client's display, known before the job holds the domain
+        ctx.display_at_start = guest_display(lab, s.guest)
     ctx.say(f"migrate {s.guest} {src} -> {s.to}")
     ctx.watch.start()
     ctx.timeline.add(
