@@ -83,9 +83,11 @@ def test_ticket_is_used_and_never_written_out(needs_root: None, tmp_path: Path) 
 
 EXPECTED = {
     "late-client/fix-off": ("switch-host", "reconnected"),
-    "late-client/fix-on": ("seamless", "migrated"),
+    "late-client/fix-guard": ("seamless", "migrated"),
+    "late-client/fix-server": ("seamless", "migrated"),
     "slow-dst/fix-off": ("switch-host", "reconnected"),
-    "slow-dst/fix-on": ("seamless", "migrated"),
+    "slow-dst/fix-guard": ("seamless", "migrated"),
+    "slow-dst/fix-server": ("seamless", "migrated"),
 }
 
 
@@ -117,7 +119,7 @@ def test_bug884631_over_tls(needs_root: None, tmp_path: Path) -> None:
         # no channel came up over the plain port: every "channel up" follows a TLS link
         assert "verify_subject: subjects match" in text, s.name
         assert "Error in server certificate verification" not in text, s.name
-    late = next(s for s in run.scenarios if s.name == "late-client/fix-on")
+    late = next(s for s in run.scenarios if s.name == "late-client/fix-guard")
     assert late.guard is not None
     cmi = [a for a in late.guard.actions if a.action == "client_migrate_info"]
     assert cmi and cmi[0].model_dump().get("tls-port") and cmi[0].model_dump().get(
