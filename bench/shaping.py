@@ -88,49 +88,40 @@ def run(eng: ShapingEngine, net: ScratchNet) -> dict[str, Any]:
             )
         )
 
+    def goodput(kind: str, name: str, asked: str, rate_mbit: float, **window: float) -> None:
+        r = probe(c, d, pings=0, **window)
+        g = r.goodput_mbit or 0.0
+        pct = 100.0 * g / rate_mbit
+        shown = f"{g:.3f} Mbit/s" if kind == "rate" else f"{g * 1000:.1f} kbit/s"
+        points.append(
+            point(
+                kind,
+                name,
+                asked=asked,
+                measured=shown,
+                error=round(pct - 100, 2),
+                unit="%",
+                ok=90 <= pct <= 102,
+                goal="90-102 % of rate",
+                asked_value=rate_mbit,
+                measured_value=round(g, 3 if kind == "rate" else 4),
+            )
+        )
+
     for delay in RATE_DELAYS_MS:
         for rate in RATES_MBIT:
             shape(rate=f"{rate}mbit", delay=f"{delay}ms")
-            r = probe(c, d, pings=0, goodput_s=4.0, omit_s=2.0 if delay else 1.0)
-            g = r.goodput_mbit or 0.0
-            pct = 100.0 * g / rate
-            points.append(
-                point(
-                    "rate",
-                    f"rate {rate}mbit, delay {delay}ms",
-                    asked=f"{rate} Mbit/s",
-                    measured=f"{g:.3f} Mbit/s",
-                    error=round(pct - 100, 2),
-                    unit="%",
-                    ok=90 <= pct <= 102,
-                    goal="90-102 % of rate",
-                    asked_value=rate,
-                    measured_value=round(g, 3),
-                )
-            )
+            name = f"rate {rate}mbit, delay {delay}ms"
+            omit = 2.0 if delay else 1.0
+            goodput("rate", name, f"{rate} Mbit/s", rate, goodput_s=4.0, omit_s=omit)
 
     for delay in LOW_DELAYS_MS:
         for kbit in LOW_RATES_KBIT:
             shape(rate=f"{kbit}kbit", delay=f"{delay}ms")
             # a few seconds more at the low end: slow start and the first queue fill
             # are a larger share of a short window there
-            r = probe(c, d, pings=0, goodput_s=6.0, omit_s=2.0)
-            g = r.goodput_mbit or 0.0
-            pct = 100.0 * g / (kbit / 1000)
-            points.append(
-                point(
-                    "low-rate",
-                    f"rate {kbit}kbit, delay {delay}ms",
-                    asked=f"{kbit} kbit/s",
-                    measured=f"{g * 1000:.1f} kbit/s",
-                    error=round(pct - 100, 2),
-                    unit="%",
-                    ok=90 <= pct <= 102,
-                    goal="90-102 % of rate",
-                    asked_value=kbit / 1000,
-                    measured_value=round(g, 4),
-                )
-            )
+            name = f"rate {kbit}kbit, delay {delay}ms"
+            goodput("low-rate", name, f"{kbit} kbit/s", kbit / 1000, goodput_s=6.0, omit_s=2.0)
 
     for dist in ("normal", "uniform"):
         # jitter: the spread of the one-way delay, read as the RTTs' standard deviation

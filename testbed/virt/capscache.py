@@ -33,11 +33,7 @@ def seed(host: Host, cache_dir: PurePath) -> int:
         f"mkdir -p {_q(dst)}; n=0; for f in {_q(SHARED)}/*.xml; do "
         f'[ -f "$f" ] && cp -p "$f" {_q(dst)}/ && n=$((n+1)); done; echo $n'
     )
-    res = host.run(["sh", "-c", script], check=False)
-    try:
-        return int(res.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return 0
+    return _count(host, script)
 
 
 def publish(host: Host, cache_dir: PurePath) -> int:
@@ -50,6 +46,11 @@ def publish(host: Host, cache_dir: PurePath) -> int:
         f'cp -p "$f" {_q(SHARED)}/".$b.$$" && mv -f {_q(SHARED)}/".$b.$$" {_q(SHARED)}/"$b" '
         "&& n=$((n+1)); fi; done; echo $n"
     )
+    return _count(host, script)
+
+
+def _count(host: Host, script: str) -> int:
+    """Run `script` on `host`; the count it echoes last (0 if it failed)."""
     res = host.run(["sh", "-c", script], check=False)
     try:
         return int(res.stdout.strip().splitlines()[-1])
