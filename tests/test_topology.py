@@ -159,3 +159,61 @@ def test_shape_at_names_one_end_of_its_link(tmp_path: Path) -> None:
     e = error_of(tmp_path, GOOD + LINK.replace("shape_at: dst", "shape_at: src"))
     assert e.field == "links[0].shape_at", str(e)
     assert "one of the link's hosts (client or dst)" in str(e)
+
+
+NETEM_VMS = """\
+name: v
+hosts:
+  a: {kind: ssh, boot: netem-vm, roles: [peer]}
+  b: {kind: ssh, boot: netem-vm, roles: [peer]}
+networks:
+  wan: {subnet: 198.18.3.0/24, members: [a, b]}
+"""
+
+
+def test_the_shipped_netem_vm_topology_is_two_booted_peers() -> None:
+    t = load_topology(REPO / "topologies/netem-vm.yaml")
+    assert t.booted() == ["left", "right"] and not t.hypervisors() and not t.guests
+    assert t.links[0].shape_at == "left" and t.links[0].both_ways
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "words"),
+    [
+        (("a: {kind: ssh, boot", "a: {boot"), "hosts.a", "add kind: ssh"),
+        (("roles: [peer]}\n  b", "roles: [client]}\n  b"), "hosts.a", "its roles are [peer]"),
+        (
+            ("a: {kind: ssh,", "a: {kind: ssh, address: 10.0.0.1,"),
+            "hosts.a",
+            "makes the VM's address",
+        ),
+        (
+            ("b: {kind: ssh, boot: netem-vm, roles: [peer]}", "b: {roles: [peer]}"),
+            "hosts.a.boot",
+            "only boot: hosts",
+        ),
+        (
+            ("a: {kind: ssh, boot: netem-vm", "a: {kind: ssh, boot: qemu"),
+            "hosts.a.boot",
+            "netem-vm",
+        ),
+    ],
+)
+def test_a_booted_host_is_the_labs_to_make(
+    tmp_path: Path, edit: tuple[str, str], field: str, words: str
+) -> None:
+    assert load_topology(write(tmp_path, NETEM_VMS)).booted() == ["a", "b"]
+    e = error_of(tmp_path, NETEM_VMS.replace(*edit, 1))
+    assert (e.field or "").startswith(field) and words in str(e), (e.field, str(e))
+
+
+def test_peers_alone_need_no_hypervisor_but_guests_do(tmp_path: Path) -> None:
+    e = error_of(tmp_path, NETEM_VMS + "guests:\n  vm: {host: a}\n")
+    assert "hypervisor" in str(e)
+    e = error_of(
+        tmp_path,
+        NETEM_VMS.replace("roles: [peer]", "roles: [client]").replace(
+            "kind: ssh, boot: netem-vm, ", ""
+        ),
+    )
+    assert "needs at least one host with role 'hypervisor'" in str(e)

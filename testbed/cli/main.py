@@ -190,7 +190,8 @@ def status(as_json: bool) -> None:
 )
 @friendly_errors
 def down(target: str | None, everything: bool) -> None:
-    """Remove a lab (by id or topology) and everything it made. Idempotent."""
+    """Remove a lab (by id or topology; the only one up by default) and everything it
+    made. Idempotent."""
     from testbed.lab.state import list_labs
     from testbed.lab.teardown import sweep_strays, teardown
 
@@ -206,8 +207,9 @@ def down(target: str | None, everything: bool) -> None:
             + (f" and {len(strays)} stray namespace(s)" if strays else "")
         )
         return
-    if target is None:
-        target = DEFAULT_TOPOLOGY
+    up = [r for r in list_labs() if r.status == "up"]
+    if target is None:  # the only lab that is up, else the default topology's
+        target = up[0].id if len(up) == 1 else DEFAULT_TOPOLOGY
     try:
         rec = find_lab(target)
     except TestbedError as e:

@@ -10,7 +10,9 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from testbed.errors import TestbedError
 from testbed.hosts import factory
@@ -280,21 +282,56 @@ def host_checks(host: Host, roles: list[str]) -> list[Check]:
     return out
 
 
+def _shaping_engine(checks: list[Check]) -> Check:
+    """The engine the host's agent will pick, from what the checks found there."""
+    ok = {c.name for c in checks if c.ok}
+    if "sch_netem" in ok:
+        return Check("shaping engine", True, "kernel-netem")
+    if "NetfilterQueue" in ok:
+        return Check("shaping engine", True, "userspace-nfqueue (no sch_netem)")
+    return Check("shaping engine", False, "none", False, "sch_netem, or NetfilterQueue")
+
+
+def _booted_checks(names: list[str], roles: list[str]) -> list[tuple[str, Check]]:
+    """Hosts the lab boots (`boot: netem-vm`): boot one such VM as the lab will, check it."""
+    from testbed.virt.netem_boot import scratch_netem_vm
+    from testbed.virt.netem_vm import cached_netem_image
+
+    who = ", ".join(names)
+    image = cached_netem_image()
+    if image is None:
+        return [(who, Check("netem VM image", False, "not built", fix="run `make setup`"))]
+    rows = [(who, Check("netem VM image", True, f"{image.kernel_version}"))]
+    try:
+        with tempfile.TemporaryDirectory(prefix="testbed-doctor-") as td:
+            with scratch_netem_vm(str(os.getpid() % 100000), Path(td)) as (vm, host):
+                rows.append((who, Check("boot (sshd up)", True, f"{vm.boot_s:.1f} s")))
+                checks = host_checks(host, roles)
+    except TestbedError as e:
+        return [*rows, (who, Check("boot", False, str(e)[:200], fix=e.hint or ""))]
+    return rows + [(who, c) for c in [*checks, _shaping_engine(checks)]]
+
+
 def topology_checks(topo: Topology) -> list[tuple[str, Check]]:
     """One table for a whole topology: local hosts share this machine's checks."""
     rows: list[tuple[str, Check]] = []
     local = factory.namespace_names(topo)
     if local:
         rows += [(", ".join(local), c) for c in run_checks(probe_kvm=False)]
+    if booted := topo.booted():
+        rows += _booted_checks(booted, sorted({r for n in booted for r in topo.hosts[n].roles}))
     for name in factory.remote_names(topo):
         spec = topo.hosts[name]
+        if spec.boot is not None:
+            continue
         try:
             host = factory.remote_host(name, topo, connect_timeout=5)
         except TestbedError as e:
             rows.append((name, Check("connect", False, str(e), fix=e.hint or "")))
             continue
         try:
-            rows += [(name, c) for c in host_checks(host, list(spec.roles))]
+            checks = host_checks(host, list(spec.roles))
         finally:
             host.close()
+        rows += [(name, c) for c in [*checks, _shaping_engine(checks)]]
     return rows

@@ -32,6 +32,7 @@ from testbed.hosts.sshd import start_sshd
 from testbed.lab.state import LabRecord, list_labs, new_lab_dir, owner_fields, read_lab
 from testbed.lab.teardown import teardown
 from testbed.lab.tls import install_server_tls
+from testbed.lab.vmhosts import boot_vms
 from testbed.model.topology import Topology, load_topology
 from testbed.net.links import (
     Attachment,
@@ -39,7 +40,7 @@ from testbed.net.links import (
     attach,
     attach_root,
     create_netns,
-    root_addresses,
+    free_subnet,
 )
 from testbed.virt.domain import DEFAULT_EMULATOR
 from testbed.virt.libvirtd import Libvirtd, LibvirtdConfig, new_host_uuid
@@ -206,6 +207,8 @@ class Lab:
         t0 = time.monotonic()
         if self.namespaces:
             self._wire(progress)
+        if self.topology.booted():
+            boot_vms(self, progress)
         if self.topology.drive == "ssh" and self.namespaces:
             self._start_sshds(progress)
         if not services:
@@ -224,7 +227,7 @@ class Lab:
     def _host_services(self, name: str, progress: Progress) -> None:
         """Connect (ssh), send testbed's helpers, start libvirtd and/or the X display."""
         spec = self.topology.hosts[name]
-        if not self.on_this_machine(name):
+        if not self.on_this_machine(name) and spec.boot is None:
             self._connect_ssh_host(name, progress)
         host = self.hosts[name]
         if self.over_ssh:
@@ -266,13 +269,11 @@ class Lab:
         for name in self.namespaces:
             create_netns(self.netns_of(name), self.ledger)
             self.record.info["hosts"][name] = {"netns": self.netns_of(name)}
-        progress("networks")
-        for nname in self.topology.networks:
-            add_bridge(self.bridge_netns, self._bridge(nname))
+        self.network_bridges(progress)
         for a in self.attachments():
             attach(
                 self.bridge_netns,
-                self._bridge(a.network),
+                self.bridge(a.network),
                 a.netns,
                 a.outer_ifname,
                 a.ifname,
@@ -280,33 +281,39 @@ class Lab:
             )
         self.record.save()
 
-    def _mgmt_subnet(self) -> ipaddress.IPv4Network:
-        """A /28 for this lab's management network that no root address overlaps."""
-        nets = list(MGMT_POOL.subnets(new_prefix=MGMT_PREFIX))
-        used = root_addresses()
-        first = int(self.id, 16) % len(nets)
-        for k in range(len(nets)):
-            net = nets[(first + k) % len(nets)]
-            if not any(a.network.overlaps(net) for a in used):
-                return net
-        raise LabError(f"no free /{MGMT_PREFIX} in {MGMT_POOL} for a management network")
+    def network_bridges(self, progress: Progress) -> None:
+        """A bridge per network in the lab's own namespace."""
+        progress("networks")
+        for nname in self.topology.networks:
+            add_bridge(self.bridge_netns, self.bridge(nname))
 
-    def _start_sshds(self, progress: Progress) -> None:
-        """The operator's way in: a management bridge, a root veth, an sshd per host."""
+    def mgmt_network(
+        self, hosts: int, progress: Progress
+    ) -> tuple[str, list[ipaddress.IPv4Interface]]:
+        """The operator's way in: a management bridge with a root veth; its bridge and an
+        address for each of `hosts`."""
         progress("management network")
         net = self._mgmt_subnet()
-        addrs = list(net.hosts())
-        if len(addrs) < len(self.namespaces) + 1:
-            raise LabError(f"{len(self.namespaces)} hosts do not fit a /{MGMT_PREFIX}")
-        bridge = self._bridge("mgmt")
+        addrs = [ipaddress.IPv4Interface(f"{a}/{net.prefixlen}") for a in net.hosts()]
+        if len(addrs) < hosts + 1:
+            raise LabError(f"{hosts} hosts do not fit a /{MGMT_PREFIX}")
+        bridge = self.bridge("mgmt")
         add_bridge(self.bridge_netns, bridge)
-        root = ipaddress.IPv4Interface(f"{addrs[0]}/{net.prefixlen}")
+        root = addrs[0]
         attach_root(
             self.bridge_netns, bridge, f"tb{self.id}mgo", f"tb{self.id}mg", root, self.ledger
         )
         self.record.info["mgmt"] = {"subnet": str(net), "operator": str(root.ip)}
-        for i, (name, ns) in enumerate(self.namespaces.items()):
-            addr = ipaddress.IPv4Interface(f"{addrs[i + 1]}/{net.prefixlen}")
+        return bridge, addrs[1 : hosts + 1]
+
+    def _mgmt_subnet(self) -> ipaddress.IPv4Network:
+        """A /28 for this lab's management network that no root address overlaps."""
+        return free_subnet(MGMT_POOL, MGMT_PREFIX, seed=int(self.id, 16))
+
+    def _start_sshds(self, progress: Progress) -> None:
+        """The operator's way in: a management bridge, a root veth, an sshd per host."""
+        bridge, addrs = self.mgmt_network(len(self.namespaces), progress)
+        for i, ((name, ns), addr) in enumerate(zip(self.namespaces.items(), addrs, strict=True)):
             attach(self.bridge_netns, bridge, ns.netns, f"tb{self.id}m{i}", "mgmt", addr)
             progress(f"sshd on {name}")
             state = Path(ns.state_dir)
@@ -335,7 +342,8 @@ class Lab:
         host.makedirs(state, mode=0o700)
         self.hosts[name] = host
 
-    def _bridge(self, network: str) -> str:
+    def bridge(self, network: str) -> str:
+        """The name of `network`'s bridge in the lab's namespace."""
         return f"tb{self.id}-{network}"[:15]
 
     def close(self) -> None:

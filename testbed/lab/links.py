@@ -129,17 +129,19 @@ class LabLinks:
                         if a != b:
                             self.asked[self.direction(name, a, b)] = net.profile
         for link in topo.links:
-            if link.shape_at and self.engine.name != "kernel-netem":
-                raise CapabilityMissing(
-                    f"link {link.src} -> {link.dst} on {link.network}: shape_at (one-ended "
-                    f"shaping) needs the kernel engine, and this lab shapes with "
-                    f"{self.engine.name} (its delay line runs on the receiver, its rate on "
-                    "the sender: both ends)",
-                    hint="hosts whose kernel has sch_netem and ifb (RHEL, Fedora and Debian "
-                    "kernels do; on this machine, the netem VM's)",
-                )
             for d in self._directions(link.network, link.src, link.dst, link.both_ways):
                 self.asked[d] = link.profile
+        one_ended = [link for link in topo.links if link.shape_at]
+        if one_ended and (engine := self.engine.engine_for(self.asked)) != "kernel-netem":
+            link = one_ended[0]
+            raise CapabilityMissing(
+                f"link {link.src} -> {link.dst} on {link.network}: shape_at (one-ended "
+                f"shaping) needs the kernel engine, and this lab shapes with "
+                f"{engine} (its delay line runs on the receiver, its rate on "
+                "the sender: both ends)",
+                hint="hosts whose kernel has sch_netem and ifb (RHEL, Fedora and Debian "
+                "kernels do; on this machine, the netem VM's: topologies/netem-vm.yaml)",
+            )
         if self.asked:
             self._apply()
 

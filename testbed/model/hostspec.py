@@ -13,10 +13,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["IFNAME_RE", "SSH_FIELDS", "HostSpec", "SpiceServer", "Strict"]
+__all__ = ["BOOT_MADE", "IFNAME_RE", "SSH_FIELDS", "HostSpec", "SpiceServer", "Strict"]
 
 #: which spice-server a hypervisor's QEMU loads: Debian's, or testbed's bug 884631 build
 SpiceServer = Literal["stock", "patched"]
+
+#: what the lab makes for a host it boots (`boot:`), so a topology must not say it
+BOOT_MADE = (
+    "address", "port", "user", "key_file", "known_hosts", "sudo", "interfaces", "python",
+    "x_display", "x_authority", "from_inventory", "from_pool", "gateway",
+)  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -49,7 +55,15 @@ class HostSpec(Strict):
     """
 
     kind: Literal["local", "ssh"] = "local"
-    roles: list[Literal["hypervisor", "client"]] = Field(min_length=1)
+    roles: list[Literal["hypervisor", "client", "peer"]] = Field(
+        min_length=1,
+        description="peer: on the lab's networks only (shaping, probes), no libvirtd or X",
+    )
+    boot: Literal["netem-vm"] | None = Field(
+        None,
+        description="kind ssh: the lab boots this machine itself, testbed's netem VM (Debian's "
+        "cloud kernel, with sch_netem), on the lab's networks; its address and keys are the lab's",
+    )
     libvirt_uri: str | None = None
     emulator: str | None = Field(
         None, description="QEMU binary, e.g. a build with a patched spice-server"
@@ -96,6 +110,22 @@ class HostSpec(Strict):
     gateway: str | None = Field(
         None, description="another ssh host of the topology to reach this one through (ProxyJump)"
     )
+
+    @model_validator(mode="after")
+    def _booted(self) -> HostSpec:
+        if self.boot is None:
+            return self
+        if self.kind != "ssh":
+            raise ValueError("boot: netem-vm makes an ssh host; add kind: ssh")
+        if self.roles != ["peer"]:
+            raise ValueError("a netem VM runs no libvirtd and no X server: its roles are [peer]")
+        given = sorted(self.model_fields_set & set(BOOT_MADE))
+        if given:
+            raise ValueError(
+                f"boot: netem-vm: the lab makes the VM's {', '.join(given)}; drop "
+                + ("it" if len(given) == 1 else "them")
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_emulator(self) -> HostSpec:

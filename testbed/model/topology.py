@@ -107,6 +107,10 @@ class Topology(Strict):
     def clients(self) -> list[str]:
         return [n for n, h in self.hosts.items() if "client" in h.roles]
 
+    def booted(self) -> list[str]:
+        """The hosts the lab boots itself (`boot: netem-vm`)."""
+        return [n for n, h in self.hosts.items() if h.boot is not None]
+
     def address(self, network: str, host: str) -> ipaddress.IPv4Address:
         """The host's address on `network`: the host's own, the network's explicit one, else
         .1, .2, ... in member order."""
@@ -137,7 +141,8 @@ def _check_references(topo: Topology, doc: YamlDoc) -> None:
         if not NAME_RE.match(name):
             fail(f"host name must be {NAME_RULE} (found {name!r})", ("hosts", name))
         _check_host_kind(topo, name, host, fail)
-    if not topo.hypervisors():
+    peers = any("peer" in h.roles for h in topo.hosts.values())
+    if not topo.hypervisors() and (topo.guests or not peers):
         fail("needs at least one host with role 'hypervisor'", ("hosts",))
     _check_subnets(topo, fail)
     for nname, net in topo.networks.items():
@@ -263,7 +268,15 @@ def _check_host_kind(
                 ("hosts", name, "from_pool"),
             )
         return  # its interfaces and addresses come with the leased host
-    if host.address is None:
+    if host.boot is not None:
+        others = [n for n, h in topo.hosts.items() if h.boot is None]
+        if others:
+            fail(
+                f"the lab boots {name} on networks of this machine that {others[0]} cannot "
+                "join: a topology with boot: hosts has only boot: hosts",
+                ("hosts", name, "boot"),
+            )
+    elif host.address is None:
         fail("an ssh host needs address (its name or IP for SSH)", ("hosts", name))
     gw = topo.hosts.get(host.gateway) if host.gateway is not None else None
     if host.gateway is not None and (gw is None or gw.kind != "ssh" or host.gateway == name):
@@ -285,7 +298,7 @@ def _check_host_kind(
         if name not in topo.networks[net].members:
             fail(f"{name!r} is not a member of network {net!r}", ("hosts", name, "interfaces", net))
     for nname, spec in topo.networks.items():
-        if name in spec.members and nname not in host.interfaces:
+        if name in spec.members and nname not in host.interfaces and host.boot is None:
             fail(
                 f"ssh host {name!r} is on network {nname!r}: say which interface "
                 f"(interfaces: {{{nname}: IFNAME}})",

@@ -60,6 +60,13 @@ def add_bridge(bridge_ns: str, brname: str) -> None:
         ipr.link("set", index=idx, state="up")
 
 
+def enslave(bridge_ns: str, brname: str, ifname: str) -> None:
+    """Plug an existing interface of `bridge_ns` (a VM's tap) into bridge `brname`, up."""
+    with IPRoute(netns=bridge_ns) as ipr:
+        idx, br = ipr.link_lookup(ifname=ifname)[0], ipr.link_lookup(ifname=brname)[0]
+        ipr.link("set", index=idx, master=br, state="up")
+
+
 def attach(
     bridge_ns: str,
     brname: str,
@@ -137,3 +144,15 @@ def root_addresses() -> list[ipaddress.IPv4Interface]:
             ipaddress.IPv4Interface(f"{a.get('address')}/{a['prefixlen']}")
             for a in ipr.get_addr(family=2)
         ]
+
+
+def free_subnet(pool: ipaddress.IPv4Network, prefix: int, seed: int = 0) -> ipaddress.IPv4Network:
+    """A /`prefix` of `pool` that no root address overlaps, tried from the `seed`th on (a
+    lab's id spreads labs over the pool)."""
+    nets = list(pool.subnets(new_prefix=prefix))
+    used = root_addresses()
+    for k in range(len(nets)):
+        net = nets[(seed + k) % len(nets)]
+        if not any(a.network.overlaps(net) for a in used):
+            return net
+    raise LabError(f"no free /{prefix} in {pool}: every one is on an interface here")

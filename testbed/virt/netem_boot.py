@@ -1,14 +1,15 @@
 """Boot the netem VM in a network namespace and reach it as an SSH host.
 
 `start_netem_vm()` gives each VM its own host key and a client key (made here,
-in the VM's state folder), writes them with the VM's address into a small second
-cpio archive appended to the image's rootfs (the kernel unpacks both), and runs
-QEMU inside `netns` through that namespace's host, recorded in the ledger
-like any lab process. QEMU makes the VM's tap in `netns` itself (so the tap goes
-with the process); the caller plugs it into a bridge or addresses it there. The
-VM is therefore reached only through that namespace: nothing outside the lab
-has a route to it. `NetemVm.ssh_host()` is a `kind: ssh` host whose key is
-checked against the known_hosts file written here.
+in the VM's state folder), writes them with the VM's NICs (MAC, name, address)
+into a small second cpio archive appended to the image's rootfs (the kernel
+unpacks both), and runs QEMU inside `netns` through that namespace's host,
+recorded in the ledger like any lab process. QEMU makes one tap per NIC in
+`netns` itself (so the taps go with the process); the caller plugs each into a
+bridge there. The VM is therefore reached only through that namespace: nothing
+outside the lab has a route to it. The first NIC carries SSH: `NetemVm.ssh_host()`
+is a `kind: ssh` host whose key is checked against the known_hosts file written
+here. The others are the VM's interfaces on a lab's networks, named after them.
 
 Under TCG (this machine) the boot to sshd takes a few seconds; `boot_s` says.
 """
@@ -16,15 +17,17 @@ Under TCG (this machine) the boot to sshd takes a few seconds; `boot_s` says.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import ipaddress
 import logging
 import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -36,7 +39,15 @@ from testbed.hosts.factory import namespace_host, ssh_machine
 from testbed.hosts.ledger import Ledger, process_start_time
 from testbed.hosts.procs import alive, stop_netns_processes, stop_recorded
 from testbed.hosts.sshd import _keygen as sshd_keygen
-from testbed.net.links import add_bridge, attach_root, create_netns, remove_netns, remove_root_link
+from testbed.net.links import (
+    add_bridge,
+    attach_root,
+    create_netns,
+    enslave,
+    free_subnet,
+    remove_netns,
+    remove_root_link,
+)
 from testbed.virt.image import _Cpio
 from testbed.virt.netem_vm import NetemImage, build_netem_image
 
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 READY = "TESTBED-NETEM-VM READY"
 ERROR = "TESTBED-NETEM-VM ERROR"
 REMOTE_STATE = PurePosixPath("/var/lib/testbed")
+#: where scratch VMs take their /29 (the labs' management networks use 198.19.0.0/17)
+SCRATCH_POOL = ipaddress.IPv4Network("198.19.253.0/24")
 
 
 def vm_cmdline() -> str:
@@ -55,18 +68,39 @@ def vm_cmdline() -> str:
     )
 
 
+@dataclass(frozen=True)
+class VmNic:
+    """One NIC of the VM: QEMU's tap in the namespace, the VM's name for it, its address."""
+
+    tap: str
+    ifname: str
+    address: ipaddress.IPv4Interface | None = None
+
+    def mac(self, vm_name: str) -> str:
+        """Stable per VM and NIC, locally administered (the VM's init finds the NIC by it)."""
+        b = hashlib.sha256(f"{vm_name}/{self.ifname}".encode()).digest()
+        return "52:54:00:{:02x}:{:02x}:{:02x}".format(*b[:3])
+
+
 @dataclass
 class NetemVm:
-    """A running netem VM: QEMU's process in `netns`, its address and its keys."""
+    """A running netem VM: QEMU's process in `netns`, its NICs (the first: SSH) and keys."""
 
     name: str
     netns: str
-    tap: str
-    address: ipaddress.IPv4Interface
+    nics: tuple[VmNic, ...]
     state_dir: Path
     pid: int
     start_time: int | None
     boot_s: float = 0.0
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface:
+        """The SSH address: the first NIC's."""
+        addr = self.nics[0].address
+        if addr is None:
+            raise LabError(f"netem VM {self.name}: its first NIC (SSH) has no address")
+        return addr
 
     @property
     def host_key(self) -> Path:
@@ -120,15 +154,17 @@ def _overlay(vm: NetemVm, gateway: str | None) -> bytes:
     host_pub = _keygen(vm.host_key, f"testbed-netem-vm@{vm.name}")
     client_pub = _keygen(vm.client_key, f"testbed-client@{vm.name}")
     vm.known_hosts.write_text(f"{vm.address.ip} {' '.join(host_pub.split()[:2])}\n")
-    conf = (
-        f"TB_HOSTNAME={vm.name}\nTB_ADDRESS={vm.address.with_prefixlen}\n"
-        f"TB_GATEWAY={gateway or ''}\n"
+    conf = f"TB_HOSTNAME={vm.name}\nTB_GATEWAY={gateway or ''}\n"
+    nics = "".join(
+        f"{n.mac(vm.name)} {n.ifname} {n.address.with_prefixlen if n.address else ''}\n"
+        for n in vm.nics
     )
     cpio = _Cpio()
     cpio.add("etc/ssh/ssh_host_ed25519_key", stat.S_IFREG | 0o600, vm.host_key.read_bytes())
     cpio.add("etc/ssh/ssh_host_ed25519_key.pub", stat.S_IFREG | 0o644, host_pub.encode() + b"\n")
     cpio.add("root/.ssh/authorized_keys", stat.S_IFREG | 0o600, client_pub.encode() + b"\n")
     cpio.add("etc/testbed/net.conf", stat.S_IFREG | 0o644, conf.encode())
+    cpio.add("etc/testbed/nics", stat.S_IFREG | 0o644, nics.encode())
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
@@ -141,9 +177,13 @@ def default_accel() -> Literal["kvm", "tcg"]:
 
 
 def qemu_argv(
-    image: NetemImage, initrd: Path, tap: str, mac: str, console: Path, memory_mib: int, accel: str
+    image: NetemImage, initrd: Path, vm: NetemVm, memory_mib: int, accel: str
 ) -> list[str]:
-    """Headless, serial console to a file, one virtio NIC on a tap QEMU makes."""
+    """Headless, serial console to a file, a virtio NIC per tap QEMU makes."""
+    nics: list[str] = []
+    for i, nic in enumerate(vm.nics):
+        nics += ["-netdev", f"tap,id=n{i},ifname={nic.tap},script=no,downscript=no"]
+        nics += ["-device", f"virtio-net-pci,netdev=n{i},mac={nic.mac(vm.name)}"]
     return [
         "qemu-system-x86_64",
         "-accel", accel,
@@ -151,18 +191,16 @@ def qemu_argv(
         "-smp", "1",
         "-m", str(memory_mib),
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-        "-serial", f"file:{console}",
+        "-serial", f"file:{vm.console}",
         "-kernel", str(image.kernel), "-initrd", str(initrd), "-append", vm_cmdline(),
-        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+        *nics,
     ]  # fmt: skip
 
 
 def start_netem_vm(
     name: str,
     netns: str,
-    tap: str,
-    address: ipaddress.IPv4Interface | str,
+    nics: Sequence[VmNic],
     state_dir: Path,
     ledger: Ledger,
     wire: Callable[[str], None],
@@ -173,42 +211,42 @@ def start_netem_vm(
     memory_mib: int = 768,
     timeout_s: float = 120.0,
 ) -> NetemVm:
-    """Boot the VM with its tap `tap` in `netns`; returns once its sshd answers.
+    """Boot the VM with a tap per NIC in `netns`; returns once its sshd answers.
 
-    QEMU makes the tap; `wire(tap)` is called as soon as it exists (plug it into a
-    bridge, bring it up). A VM that fails to boot is stopped before the error.
+    QEMU makes the taps; `wire(tap)` is called for each as soon as they exist (plug it
+    into a bridge, bring it up). A VM that fails to boot is stopped before the error.
     """
     image = image or build_netem_image()[0]
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
-    addr = ipaddress.IPv4Interface(str(address))
-    vm = NetemVm(name, netns, tap, addr, state_dir, pid=0, start_time=None)
+    vm = NetemVm(name, netns, tuple(nics), state_dir, pid=0, start_time=None)
     initrd = state_dir / "initrd.gz"
     shutil.copyfile(image.rootfs, initrd)
     with open(initrd, "ab") as fh:
         fh.write(_overlay(vm, gateway))
     vm.console.unlink(missing_ok=True)
-    mac = "52:54:00:{:02x}:{:02x}:{:02x}".format(*tuple(addr.ip.packed[1:]))
     host = namespace_host(f"netem-vm@{name}", netns, state_dir)
     start = time.monotonic()
     with open(state_dir / "qemu.log", "ab") as out:
         proc = host.popen(
-            qemu_argv(image, initrd, tap, mac, vm.console, memory_mib, accel or default_accel()),
+            qemu_argv(image, initrd, vm, memory_mib, accel or default_accel()),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     vm.pid, vm.start_time = proc.pid, process_start_time(proc.pid)
     ledger.record("process", pid=vm.pid, start_time=vm.start_time, name=host.name, netns=netns)
     try:
-        _wait(vm, proc, lambda: _tap_exists(netns, tap), start + 30, "QEMU to make its tap")
-        wire(tap)
+        taps = [n.tap for n in vm.nics]
+        _wait(vm, proc, lambda: _taps_exist(netns, taps), start + 30, "QEMU to make its taps")
+        for tap in taps:
+            wire(tap)
         _wait(vm, proc, lambda: READY in _read(vm.console), start + timeout_s, "sshd in the VM")
     except BaseException:
         vm.stop()
         raise
     vm.boot_s = time.monotonic() - start
-    log.info("netem VM %s up in %s at %s in %.1f s", name, netns, addr.ip, vm.boot_s)
+    log.info("netem VM %s up in %s at %s in %.1f s", name, netns, vm.address.ip, vm.boot_s)
     return vm
 
 
@@ -219,9 +257,9 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _tap_exists(netns: str, tap: str) -> bool:
+def _taps_exist(netns: str, taps: list[str]) -> bool:
     with IPRoute(netns=netns) as ipr:
-        return bool(ipr.link_lookup(ifname=tap))
+        return all(ipr.link_lookup(ifname=tap) for tap in taps)
 
 
 def _wait(
@@ -246,17 +284,17 @@ def _wait(
 
 
 @contextmanager
-def scratch_netem_vm(
-    tag: str, state_dir: Path, subnet: str = "198.19.253.0/29"
-) -> Iterator[tuple[NetemVm, Host]]:
+def scratch_netem_vm(tag: str, state_dir: Path) -> Iterator[tuple[NetemVm, Host]]:
     """A netem VM on a private bridge the root namespace alone reaches; all removed after.
 
     Namespace `tbnv<tag>` holds a bridge with the VM's tap and a veth whose other end
     (`tbnv<tag>o`, the subnet's first address) is in the root namespace; the VM has
-    the second. For tests and benches that need a real netem kernel here.
+    the second. The subnet is a /29 of SCRATCH_POOL that no root address overlaps (a
+    VM still dying, or another session's, keeps its own). For tests and benches that
+    need a real netem kernel here.
     """
     ns, outer = f"tbnv{tag}", f"tbnv{tag}o"[:15]
-    net = ipaddress.IPv4Network(subnet)
+    net = free_subnet(SCRATCH_POOL, 29, seed=int(tag) if tag.isdigit() else 0)
     near, far = (ipaddress.IPv4Interface(f"{a}/{net.prefixlen}") for a in list(net.hosts())[:2])
     ledger = Ledger(Path(state_dir) / "ledger.jsonl")
     vm: NetemVm | None = None
@@ -266,12 +304,10 @@ def scratch_netem_vm(
         add_bridge(ns, "br0")
         attach_root(ns, "br0", "mgmt", outer, near, ledger)
 
-        def wire(tap: str) -> None:
-            with IPRoute(netns=ns) as ipr:
-                idx, br = ipr.link_lookup(ifname=tap)[0], ipr.link_lookup(ifname="br0")[0]
-                ipr.link("set", index=idx, master=br, state="up")
-
-        vm = start_netem_vm(f"netem-{tag}", ns, "tap0", far, Path(state_dir) / "vm", ledger, wire)
+        nic = VmNic("tap0", "eth0", far)
+        vm = start_netem_vm(
+            f"netem-{tag}", ns, [nic], Path(state_dir) / "vm", ledger, partial(enslave, ns, "br0")
+        )
         host = vm.ssh_host()
         yield vm, host
     finally:

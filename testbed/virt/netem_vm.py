@@ -143,15 +143,20 @@ class NetemImage:
     built_s: float
 
 
+def cached_netem_image(cache_dir: Path | None = None) -> NetemImage | None:
+    """The image of today's sources if `make setup` built it, else None (nothing built)."""
+    return load((cache_dir or default_cache_dir()) / "netem-vm" / source_key())
+
+
 def build_netem_image(
     cache_dir: Path | None = None, *, force: bool = False, progress: Progress | None = None
 ) -> tuple[NetemImage, bool]:
     """The cached netem VM image, built first if needed; the second value: built now."""
     say = progress or (lambda msg: log.info("%s", msg))
+    if not force and (image := cached_netem_image(cache_dir)):
+        return image, False
     root = (cache_dir or default_cache_dir()) / "netem-vm"
     target = root / source_key()
-    if not force and (image := load(target)):
-        return image, False
     if os.geteuid() != 0:
         raise CapabilityMissing("building the netem VM image needs root (debootstrap, chroot)")
     if shutil.which("debootstrap") is None:

@@ -158,6 +158,11 @@ class ShapingEngine(ABC):
         self._asked: dict[Direction, LinkProfile] = {}
         self._known: set[Direction] = set()
 
+    def engine_for(self, wanted: Mapping[Direction, LinkProfile]) -> str:
+        """The engine that would shape `wanted` (one that delegates, e.g. to hosts'
+        agents, says which of the real ones it would pick)."""
+        return self.name
+
     # -- state that outlives this process (another `testbed` command may continue) -------
     @property
     def state_path(self) -> Path:

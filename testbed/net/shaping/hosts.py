@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path, PurePath
 from typing import Any
@@ -103,6 +104,30 @@ class HostAgentsEngine(ShapingEngine):
         """The agent's folder on host `name` (its engine state and ledger)."""
         return self._host(name).state_dir / self.agent_dir
 
+    def call_each(
+        self, names: Iterable[str], req: Callable[[str], dict[str, Any]]
+    ) -> dict[str, dict[str, Any] | LabError]:
+        """`req(name)` to each host's agent at once (each agent is a process there, and under
+        TCG or over a slow link one costs seconds); answers or errors by host."""
+
+        def one(name: str) -> dict[str, Any] | LabError:
+            try:
+                return self.call(name, req(name))
+            except LabError as e:
+                return e
+
+        names = list(names)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(names)))) as pool:
+            return dict(zip(names, pool.map(one, names), strict=True))
+
+    @staticmethod
+    def answers(results: Mapping[str, dict[str, Any] | LabError]) -> dict[str, dict[str, Any]]:
+        """Every host's answer; the first host's error (in name order) raised as it was."""
+        for name in sorted(results):
+            if isinstance(r := results[name], LabError):
+                raise r
+        return {n: r for n, r in results.items() if not isinstance(r, LabError)}
+
     def call(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
         """One request to host `name`'s agent; its answer, or LabError naming the host."""
         host = self._host(name)
@@ -167,10 +192,15 @@ class HostAgentsEngine(ShapingEngine):
                     hint="shape a network the lab does not use to reach the host over SSH",
                 )
 
-    def _choose(self, wanted: dict[Direction, LinkProfile]) -> str:
+    def engine_for(self, wanted: Mapping[Direction, LinkProfile]) -> str:
+        return self._choose(wanted)
+
+    def _choose(self, wanted: Mapping[Direction, LinkProfile]) -> str:
         """The lab's engine: the one chosen before, else netem if every host has it."""
-        senders = {d.src.host for d in wanted}
+        senders = {d.shaper.host for d in wanted}  # the kernel engine's qdiscs are there
         receivers = {d.dst.host for d, p in wanted.items() if p.needs_delay_line()}
+        new = sorted((senders | receivers) - set(self._detected))
+        self.answers(self.call_each(new, lambda h: {"op": "detect"}))  # at once, then kept
         caps = {h: self.detect(h) for h in senders | receivers}
         choice = self.chosen or self.requested
         if choice == "auto":
@@ -200,7 +230,7 @@ class HostAgentsEngine(ShapingEngine):
         def ep(e: Endpoint) -> Endpoint:
             return replace(e, netns=CURRENT if e.host == name else elsewhere(e.host))
 
-        return Direction(d.network, ep(d.src), ep(d.dst))
+        return replace(d, src=ep(d.src), dst=ep(d.dst))  # `at` too: one-ended shaping
 
     def _apply(self, wanted: dict[Direction, LinkProfile]) -> None:
         if wanted:
@@ -212,12 +242,16 @@ class HostAgentsEngine(ShapingEngine):
         for h in sorted(per_host):
             if h not in self.hosts:
                 log.warning("host %s is no longer in the lab: its links stay as they are", h)
-                continue
-            if h not in self._touched:
+            elif h not in self._touched:
                 self.ledger.record("shaping-agent", host=h, state=str(self.agent_state(h)))
                 self._touched.add(h)
-            req = {"op": "apply", "engine": self.chosen or "auto"}
-            self.call(h, {**req, "shapes": agent.shapes_to_json(per_host[h])})
+        req = {"op": "apply", "engine": self.chosen or "auto"}
+        self.answers(
+            self.call_each(
+                sorted(h for h in per_host if h in self.hosts),
+                lambda h: {**req, "shapes": agent.shapes_to_json(per_host[h])},
+            )
+        )
 
     def _hosts_in_use(self, *, ledger: bool = False) -> list[str]:
         """Hosts whose agent may hold something (with `ledger`: any the lab ever used)."""
@@ -229,20 +263,17 @@ class HostAgentsEngine(ShapingEngine):
     def read_back(self) -> dict[Direction, LinkProfile]:
         views = {(h, self.view(d, h)): d for d in self._known for h in (d.src.host, d.dst.host)}
         parts: dict[Direction, dict[str, Any]] = {}
-        for h in self._hosts_in_use():
-            for seen, fields in agent.held_from_json(self.call(h, {"op": "read_back"})["held"]):
+        held = self.answers(self.call_each(self._hosts_in_use(), lambda h: {"op": "read_back"}))
+        for h in sorted(held):
+            for seen, fields in agent.held_from_json(held[h]["held"]):
                 d = views.get((h, seen), seen)  # unknown: as the host's agent names it
                 parts.setdefault(d, {}).update(fields)
         return {d: LinkProfile.model_construct(**f) for d, f in parts.items()}
 
     def verify(self) -> None:
         """Each host's own part first (named by host), then the links as a whole."""
-        problems = []
-        for h in self._hosts_in_use():
-            try:
-                self.call(h, {"op": "verify"})
-            except LabError as e:
-                problems.append(e.message)
+        results = self.call_each(self._hosts_in_use(), lambda h: {"op": "verify"})
+        problems = [r.message for _, r in sorted(results.items()) if isinstance(r, LabError)]
         if problems:
             raise LabError(
                 "the hosts do not hold the link profiles asked:\n  " + "\n  ".join(problems),
@@ -251,7 +282,8 @@ class HostAgentsEngine(ShapingEngine):
         super().verify()
 
     def health(self) -> dict[str, Any]:
-        per_host = {h: self.call(h, {"op": "health"})["health"] for h in self._hosts_in_use()}
+        answers = self.answers(self.call_each(self._hosts_in_use(), lambda h: {"op": "health"}))
+        per_host = {h: answers[h]["health"] for h in sorted(answers)}
         fail_mode = next((x["fail_mode"] for x in per_host.values() if x.get("engine")), None)
         hx = per_host.items()
         lines = [{"host": h, **ln} for h, x in hx for ln in x.get("delay_lines", [])]
@@ -268,13 +300,9 @@ class HostAgentsEngine(ShapingEngine):
 
     def close(self) -> None:
         """Every host's agent removes its part; one unreachable host does not stop the rest."""
-        problems = []
-        for h in self._hosts_in_use(ledger=True):
-            try:
-                self.call(h, {"op": "close"})
-                self._touched.discard(h)
-            except LabError as e:
-                problems.append(e.message)
+        results = self.call_each(self._hosts_in_use(ledger=True), lambda h: {"op": "close"})
+        problems = [r.message for _, r in sorted(results.items()) if isinstance(r, LabError)]
+        self._touched -= {h for h, r in results.items() if not isinstance(r, LabError)}
         if problems:
             self._save()  # the hosts still holding something stay known
             raise LabError("could not remove every shaped link:\n  " + "\n  ".join(problems))
