@@ -54,7 +54,7 @@ def test_k_selects_by_axis_value_and_by_name() -> None:
     nightly = "playbooks/nightly-matrix.yaml"
     p = pytest_run("--collect-only", "-q", nightly, "-k", "fix:on and connect:at20")
     assert collected(p) == [f"{nightly}::at20%/rtt-{r}/fix-on" for r in ("0ms", "200ms", "1000ms")]
-    p = pytest_run("--collect-only", "-q", nightly, "-k", "at80 and fix-on")  # explicit ones
+    p = pytest_run("--collect-only", "-q", nightly, "-k", "at80 and fix-on")  # by name
     assert collected(p) == [f"{nightly}::at80%/rtt-{r}/fix-on" for r in ("0ms", "200ms", "1000ms")]
     p = pytest_run("--collect-only", "-q", "playbooks/", "-m", "not lab")
     assert collected(p) == []  # every scenario needs a lab, and says so
