@@ -6,6 +6,8 @@ and reads every phase from result.json's timeline:
   lab_up       lab up (namespaces, links, daemons, X)
   start_guest  the start_guest step (define, start, boot to the guest's marker)
   boot         the guest's own boot inside it
+  to_migrate   the guest booted until the migrate step: shaping, and the client's
+               connect where the scenario connects it first (through its link's delay)
   first_byte   migration start until the job first moved data
   copy         first byte until the job ended: what the scenario is about
   judge        the job's end until the verdict
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,7 +42,17 @@ GOALS = {
     "local": {"overhead": 5.0, "first_byte": 1.5},
     "ssh-local": {"overhead": 8.0, "first_byte": 1.5},
 }
-PHASES = ("lab_up", "start_guest", "boot", "first_byte", "copy", "judge", "teardown", "overhead")
+PHASES = (
+    "lab_up",
+    "start_guest",
+    "boot",
+    "to_migrate",
+    "first_byte",
+    "copy",
+    "judge",
+    "teardown",
+    "overhead",
+)
 
 
 def _t(s: ScenarioResult, kind: str, **match: Any) -> float | None:
@@ -52,6 +65,7 @@ def _t(s: ScenarioResult, kind: str, **match: Any) -> float | None:
 def phases(s: ScenarioResult) -> dict[str, float | None]:
     """One scenario's phases, in seconds (None where the timeline lacks the event)."""
     up, step = _t(s, "lab.up"), _t(s, "step", step="start_guest")
+    migrate = _t(s, "step", step="migrate")
     booted, end = _t(s, "guest.boot"), _t(s, "migration.end")
     verdict = _t(s, "outcome")
     boot = next((e.get("boot_s") for e in s.timeline if e["kind"] == "guest.boot"), None)
@@ -64,6 +78,7 @@ def phases(s: ScenarioResult) -> dict[str, float | None]:
         "lab_up": up,
         "start_guest": booted - step if booted is not None and step is not None else None,
         "boot": boot,
+        "to_migrate": migrate - booted if migrate is not None and booted is not None else None,
         "first_byte": m.first_byte_s,
         "copy": copy,
         "judge": verdict - end if verdict is not None and end is not None else None,
@@ -84,6 +99,7 @@ def _within(x: float | None, goal: float) -> bool:
 def bench(topology: str, rounds: int) -> dict[str, Any]:
     rows: list[dict[str, float | None]] = []
     walls, passed = [], True
+    loads: list[float] = []
     for _ in range(rounds):
         the_plan = plan(
             [REPO / "playbooks" / "bug-884631.yaml"],
@@ -93,6 +109,7 @@ def bench(topology: str, rounds: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="bench-overhead-") as out:
             (run,) = run_plan(the_plan, Path(out))
         walls.append(round(time.monotonic() - t0, 1))
+        loads.append(round(os.getloadavg()[1], 2))  # what else ran: the 5-minute load
         passed = passed and run.passed
         rows += [phases(s) for s in run.scenarios]
     med = {p: _median([r[p] for r in rows]) for p in PHASES}
@@ -102,7 +119,9 @@ def bench(topology: str, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "scenarios": len(rows),
         "playbook_wall_s": walls,
+        "load_avg_5min": loads,
         "median_s": med,
+        "per_scenario": rows,
         "goals_s": goals,
         "goals_met": {k: _within(med[k], v) for k, v in goals.items()},
         "all_passed": passed,

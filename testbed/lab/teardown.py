@@ -91,16 +91,25 @@ def teardown(lab: LabRecord) -> list[str]:
         for e, ok in zip(remote, pool.map(stop_remote, remote), strict=True):
             if ok:
                 done.append(f"process {e.get('name', e['pid'])} on {e['host']}")
-    for name, h in ssh.items():  # started but not yet recorded when the caller died
+    def sweep(name: str) -> list[str]:  # started but not yet recorded when the caller died
         swept: list[str] = []
         what = "sweeping leftover processes"
-        _on_host(ssh, covered, name, what, _sweep_remote, str(h.state_dir), swept)
-        done += [f"process {pid} of {h.state_dir} on {name}" for pid in swept]
-    for e in reversed(entries):
-        if e.kind == "remote-dir" and _on_host(
-            ssh, covered, e["host"], f"removing {e['path']}", _remove_remote_dir, e["path"]
-        ):
-            done.append(f"dir {e['path']} on {e['host']}")
+        _on_host(ssh, covered, name, what, _sweep_remote, str(ssh[name].state_dir), swept)
+        return [f"process {pid} of {ssh[name].state_dir} on {name}" for pid in swept]
+
+    dirs = [e for e in reversed(entries) if e.kind == "remote-dir"]
+
+    def remove_dir(e: Entry) -> bool:
+        what = f"removing {e['path']}"
+        return _on_host(ssh, covered, e["host"], what, _remove_remote_dir, e["path"])
+
+    # each host at once: a sweep that finds something waits a second for it to go
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(ssh) + len(dirs)))) as pool:
+        for lines in pool.map(sweep, list(ssh)):
+            done += lines
+        for e, ok in zip(dirs, pool.map(remove_dir, dirs), strict=True):
+            if ok:
+                done.append(f"dir {e['path']} on {e['host']}")
     # every recorded process and every process in the lab's namespaces, at once
     recorded = [e for e in reversed(entries) if e.kind in ("process", "xvfb")]
     known = {
