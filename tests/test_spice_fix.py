@@ -210,6 +210,16 @@ def _src_qemu_log(s: ScenarioResult) -> str:
     return "".join(p.read_text(errors="replace") for p in logs.glob("*-vm.log"))
 
 
+def _guest_lives_on_dst(s: ScenarioResult) -> None:
+    """The guest kept running after the switchover: its heartbeat goes on in the
+    destination's serial log (a second at 25 Hz), and its kernel did not panic (a page
+    the migration lost shows up so: Debian's QEMU 7.2 under TCG, QEMU patch 0001)."""
+    logs = Path(s.artifacts["logs"]) / "dst" / "qemu"
+    serial = "".join(p.read_text(errors="replace") for p in logs.glob("*-vm-serial.log"))
+    assert "Kernel panic" not in serial, serial[-1500:]
+    assert serial.count("HB ") >= 25, serial[-500:]
+
+
 @pytest.fixture(scope="module")
 def root() -> None:
     if os.geteuid() != 0:
@@ -332,6 +342,7 @@ def test_server_qemu_fix_is_seamless_and_keeps_usb(qemu_run: RunResult, case: st
     s = _scenario(qemu_run, f"{case}/fix-server-qemu")
     assert s.error is None, s.error
     assert (s.outcome, s.client.usbredir, s.passed) == ("seamless", "migrated", True), s.evidence
+    _guest_lives_on_dst(s)
     assert s.guard is None
     log = _src_qemu_log(s)
     assert "deferring the end" not in log  # QEMU waited with the guest running instead
@@ -361,13 +372,16 @@ def test_server_qemu_freezes_the_console_less_than_server(
     """The point of the variant: where the server fix holds the end with the guest
     stopped (slow-dst: the client shows the last frame meanwhile), the patched QEMU
     keeps the guest running, so the client's frozen console is shorter; in the late
-    client case it is no longer (TCG noise allowed)."""
+    client case it is no longer (TCG noise allowed). Both guests live on."""
     frozen: dict[str, dict[str, float]] = {}
     for run, fix in ((fix_run, "server"), (qemu_run, "server-qemu")):
         for case in ("late-client", "slow-dst"):
             s = _scenario(run, f"{case}/fix-{fix}")
+            _guest_lives_on_dst(s)
             assert s.client.frozen_ms is not None, (s.name, s.evidence)
             frozen.setdefault(case, {})[fix] = s.client.frozen_ms
     print(f"frozen console ms: {frozen}")
-    assert frozen["slow-dst"]["server-qemu"] + 1000 < frozen["slow-dst"]["server"], frozen
+    # slow-dst: the server fix freezes for its hold (2-5 s here) plus the display's move
+    # to the 1 s-away destination (~2 s, which server-qemu pays too: one RTT and more)
+    assert frozen["slow-dst"]["server-qemu"] + 500 < frozen["slow-dst"]["server"], frozen
     assert frozen["late-client"]["server-qemu"] <= frozen["late-client"]["server"] + 500, frozen

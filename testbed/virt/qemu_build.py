@@ -4,9 +4,9 @@
 patched spice-server of `testbed.virt.builds` (its headers and .pc: QEMU builds against
 them, and needs its `spice_server_migrate_client_connecting`, patch 0004), fetches
 `qemu` with `apt-get source` (Debian's 7.2 with Debian's patches), checks and applies
-`testbed/shipped/patches/qemu/*.patch`, configures x86_64-softmmu only, without default
-features or devices (`testbed-884631.mak` there lists the devices of
-`testbed.virt.domain`'s guest), with SPICE, usbredir, KVM and TCG, builds
+`testbed/shipped/patches/qemu/*.patch` (0001: TCG dirty tracking, a fix 7.2 lacks;
+0002: the hold), configures x86_64-softmmu only, without default features or devices
+(`testbed-884631.mak` there lists the devices of `testbed.virt.domain`'s guest), with SPICE, usbredir, KVM and TCG, builds
 qemu-system-x86_64 with ninja and installs into
 `~/.cache/testbed/builds/qemu-884631-<key>/`:
 
@@ -68,7 +68,7 @@ SOURCE_PACKAGE = "qemu"
 COMPONENT = "qemu"
 DEVICES = "testbed-884631"  # configs/devices/x86_64-softmmu/<DEVICES>.mak
 #: how long QEMU keeps a migration that could complete going while a SPICE client is
-#: still connecting to the destination (patch 0001); as spice-server's own timeout
+#: still connecting to the destination (QEMU patch 0002); as spice-server's own timeout
 WAIT_MS = 30_000
 FIRMWARE_PATH = "/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
 CONFIGURE_OPTIONS = (
@@ -90,7 +90,7 @@ CONFIGURE_OPTIONS = (
     f"--with-pkgversion={NAME}",  # its own --version line (the accel probe's cache key)
     f"--firmwarepath={FIRMWARE_PATH}",
 )
-#: the trace points of patch 0001, into the domain's QEMU log (QEMU's log backend)
+#: the trace points of QEMU patch 0002, into the domain's QEMU log (QEMU's log backend)
 TRACE = "-trace 'migration_spice_wait_*'"
 HINT = "run make build-qemu-fix (about 4 minutes on 2 cores)"
 
