@@ -6,8 +6,8 @@ them, and needs its `spice_server_migrate_client_connecting`, patch 0004), fetch
 `qemu` with `apt-get source` (Debian's 7.2 with Debian's patches), checks and applies
 `testbed/shipped/patches/qemu/*.patch` (0001: TCG dirty tracking, a fix 7.2 lacks;
 0002: the hold), configures x86_64-softmmu only, without default features or devices
-(`testbed-884631.mak` there lists the devices of `testbed.virt.domain`'s guest), with SPICE, usbredir, KVM and TCG, builds
-qemu-system-x86_64 with ninja and installs into
+(`testbed-884631.mak` there lists the devices of `testbed.virt.domain`'s guest), with
+SPICE, usbredir, KVM and TCG, builds qemu-system-x86_64 with ninja and installs into
 `~/.cache/testbed/builds/qemu-884631-<key>/`:
 
 - `bin/qemu-system-x86_64`, the patched QEMU. SPICE is linked in (no modules), so
@@ -22,7 +22,7 @@ Firmware is Debian's (qemu-system-data, seabios, ipxe-qemu), found through
 `--firmwarepath`. The key hashes the .dsc of `qemu`, the patches, the device list
 and the spice-server build's key, so a new spice-server build makes a new QEMU build.
 A topology or scenario selects it with `spice_server: patched-qemu`. Not in
-`make setup`: about 4 minutes on 2 cores (README).
+`make setup`: 196-250 s on 2 cores (README).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ CONFIGURE_OPTIONS = (
 )
 #: the trace points of QEMU patch 0002, into the domain's QEMU log (QEMU's log backend)
 TRACE = "-trace 'migration_spice_wait_*'"
-HINT = "run make build-qemu-fix (about 4 minutes on 2 cores)"
+HINT = "run make build-qemu-fix (3-4 minutes on 2 cores)"
 
 
 @dataclass(frozen=True)
