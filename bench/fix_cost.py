@@ -5,8 +5,11 @@ that connects late (at 30 %, bug 884631 case 1) with: `off`, no fix (switch-host
 bug); `guard`, spice_guard (holds the migration at 1 MiB/s from libvirt until the client
 reached the destination); `server`, both hypervisors on the patched spice-server of
 `make setup` (patch 0001 sends the late client the target, 0003 holds the end of the
-migration, not the copy, while it connects); and `early`, a client connected before the
-migration on stock spice-server (the seamless baseline, the reference).
+migration, not the copy, while it connects); `server-qemu`, the same spice-server on
+the patched QEMU of `make build-qemu-fix` (it keeps the migration going, the guest
+running, while the client connects; left out, and said so, when it is not built); and
+`early`, a client connected before the migration on stock spice-server (the seamless
+baseline, the reference).
 Measured per cell as guard_cost.py does (its `sample`): the client's longest freeze
 around the switchover (`frozen_ms`), the guest's stall at the switchover (`stall_ms`,
 next to libvirt's `downtime_ms`), the migration time, the outcome. Writes a normal run
@@ -24,9 +27,12 @@ from typing import Any
 from guard_cost import bench_main, medians
 from rich.table import Table
 
+from testbed.errors import InputError
+from testbed.virt.qemu_build import qemu_build
+
 PLAYBOOK = """
 name: fix-cost
-description: a late client with no fix, with spice_guard, with the patched server; an early one
+description: a late client with no fix, spice_guard, the patched server (and QEMU); an early one
 vars: {{bandwidth: 10, fill: 64MiB, half_rtt: 0ms, guard: false, connect: "at 30%",
         server: stock}}
 matrix:
@@ -36,7 +42,7 @@ matrix:
     off: {{}}
     guard: {{guard: true}}
     server: {{server: patched}}
-    early: {{connect: before}}
+{qemu_fix}    early: {{connect: before}}
 name_format: "rtt-{{rtt}}/fix-{{fix}}"
 steps:
   - shape: {{from: client, to: dst, network: display, delay: "{{half_rtt}}", both_ways: true}}
@@ -48,12 +54,22 @@ steps:
 """
 
 MEASURES = ("frozen_ms", "stall_ms", "downtime_ms", "migration_s")
-FIXES = ("off", "guard", "server", "early")
+FIXES = ("off", "guard", "server", "server-qemu", "early")
+
+
+def _qemu_built() -> bool:
+    try:
+        qemu_build()
+    except InputError as e:
+        print(f"fix-cost: no server-qemu cells: {e.message} ({e.hint})", file=sys.stderr)
+        return False
+    return True
 
 
 def playbook_text(rtts_ms: list[int]) -> str:
     axis = "\n".join(f"    {r}ms: {{half_rtt: {r / 2:g}ms}}" for r in rtts_ms)
-    return PLAYBOOK.format(rtt_axis=axis)
+    qemu_fix = "    server-qemu: {server: patched-qemu}\n" if _qemu_built() else ""
+    return PLAYBOOK.format(rtt_axis=axis, qemu_fix=qemu_fix)
 
 
 def summarise(samples: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:

@@ -16,10 +16,10 @@ from testbed.lab.ticket import spice_ticket
 from testbed.model.hostspec import SpiceServer
 from testbed.model.result import SpiceServerLib
 from testbed.virt.accel import READY_MARKER, probe_accel
-from testbed.virt.builds import spice_server_build
 from testbed.virt.domain import DEFAULT_EMULATOR, DomainSpec, start_domain, wait_for_serial
 from testbed.virt.image import build_guest_image, guest_cmdline
 from testbed.virt.migration import Migration, MigrationOptions
+from testbed.virt.qemu_build import patched_emulator
 from testbed.virt.qemu_maps import mapped_library
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,14 @@ def spice_server_of(lab: Lab, host: str, guest: str | None = None) -> SpiceServe
 def _emulator(lab: Lab, host: str, spice_server: SpiceServer | None = None) -> str:
     """The QEMU binary a guest on `host` runs: the patched build's wrapper, or the topology's."""
     field = f"hosts.{host}.emulator"
-    if (spice_server or lab.topology.hosts[host].spice_server) == "patched":
+    choice = spice_server or lab.topology.hosts[host].spice_server
+    if choice != "stock":
         field = f"hosts.{host}.spice_server"
         try:
-            emu = str(spice_server_build().emulator)
+            emu = str(patched_emulator(choice))
         except InputError as e:
             raise InputError(
-                f"spice_server: patched: {e.message}",
+                f"spice_server: {choice}: {e.message}",
                 file=lab.topology.source,
                 field=field,
                 hint=e.hint,
@@ -179,6 +180,7 @@ def spice_server_mapped(lab: Lab, guest: str, host: str) -> SpiceServerLib | Non
         path=found.path,
         build_id=found.build_id,
         pid=found.pid,
+        qemu=found.qemu,
     )
 
 

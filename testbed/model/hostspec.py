@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = ["BOOT_MADE", "IFNAME_RE", "SSH_FIELDS", "HostSpec", "SpiceServer", "Strict"]
 
-#: which spice-server a hypervisor's QEMU loads: Debian's, or testbed's bug 884631 build
-SpiceServer = Literal["stock", "patched"]
+#: which spice-server a hypervisor's QEMU loads: Debian's, testbed's bug 884631 build on
+#: Debian's QEMU (patched), or that build on testbed's patched QEMU (patched-qemu: the
+#: no-freeze variant, which holds the migration while a client connects)
+SpiceServer = Literal["stock", "patched", "patched-qemu"]
 
 #: what the lab makes for a host it boots (`boot:`), so a topology must not say it
 BOOT_MADE = (
@@ -71,7 +73,8 @@ class HostSpec(Strict):
     spice_server: SpiceServer = Field(
         "stock",
         description="patched: QEMU runs with the bug 884631 spice-server that make setup "
-        "builds (its emulator wrapper); stock: the emulator's own",
+        "builds (its emulator wrapper); patched-qemu: the same spice-server on the patched "
+        "QEMU of make build-qemu-fix; stock: the emulator's own",
     )
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     address: str | None = Field(None, min_length=1, pattern=r"^[^\s/@]+$")
@@ -129,10 +132,10 @@ class HostSpec(Strict):
 
     @model_validator(mode="after")
     def _one_emulator(self) -> HostSpec:
-        if self.spice_server == "patched" and self.emulator is not None:
+        if self.spice_server != "stock" and self.emulator is not None:
             raise ValueError(
-                "spice_server: patched runs the patched build's own emulator wrapper; "
-                "drop emulator: or spice_server:"
+                f"spice_server: {self.spice_server} runs the patched build's own emulator "
+                "wrapper; drop emulator: or spice_server:"
             )
         return self
 

@@ -93,6 +93,9 @@ class SpiceServerLib(_Part):
     path: str | None = Field(None, description="the mapped file; None: QEMU mapped none")
     build_id: str | None = Field(None, description="its GNU build id (ELF note)")
     pid: int | None = None
+    qemu: str | None = Field(
+        None, description="the QEMU binary that mapped it (a patched build's for patched-qemu)"
+    )
 
 
 class GuestSummary(_Part):

@@ -60,5 +60,6 @@ def spice_server_text(s: ScenarioResult) -> str:
     return "; ".join(
         f"{host}: {lib.asked} {lib.path or 'none mapped'}"
         + (f" (build id {lib.build_id})" if lib.build_id else "")
+        + (f" in {lib.qemu}" if lib.qemu else "")
         for host, lib in s.guest.spice_server.items()
     )

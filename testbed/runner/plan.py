@@ -32,7 +32,7 @@ from testbed.runner.result import RunResult, ScenarioResult
 from testbed.runner.scenario import ScenarioRun
 from testbed.runner.select import select
 from testbed.shipped import DEFAULT_TOPOLOGY, playbook_path
-from testbed.virt.builds import spice_server_build
+from testbed.virt.qemu_build import patched_emulator
 
 Progress = Callable[[str], None]
 ScenarioDone = Callable[[ScenarioResult], None]
@@ -116,20 +116,21 @@ def check_against(scenarios: list[Scenario], topo: Topology, playbook: str) -> N
 
 
 def check_builds(pp: PlannedPlaybook) -> None:
-    """A scenario or host that asks for the patched spice-server needs its build (make
-    setup): an InputError before any lab comes up. Not at planning, so `--list` and
-    collection work on a machine without it."""
-    asked = any(h.spice_server == "patched" for h in pp.topology.hosts.values()) or any(
-        isinstance(st, StartGuestStep) and st.spice_server == "patched"
+    """A scenario or host that asks for the patched spice-server (or QEMU) needs its build
+    (make setup, make build-qemu-fix): an InputError before any lab comes up. Not at
+    planning, so `--list` and collection work on a machine without it."""
+    asked = {h.spice_server for h in pp.topology.hosts.values()} | {
+        st.spice_server
         for sc in pp.scenarios
         for st in sc.steps
-    )
-    if asked:
+        if isinstance(st, StartGuestStep) and st.spice_server is not None
+    }
+    for choice in sorted(asked - {"stock"}):
         try:
-            spice_server_build()
+            patched_emulator(choice)
         except InputError as e:
             raise InputError(
-                f"spice_server: patched: {e.message}", file=pp.playbook.source, hint=e.hint
+                f"spice_server: {choice}: {e.message}", file=pp.playbook.source, hint=e.hint
             ) from None
 
 

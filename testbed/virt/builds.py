@@ -7,7 +7,9 @@ source`, checks and applies the patches of `testbed/shipped/patches/spice-server
 builds the server library with meson/ninja (tests, docs and optional codecs off) and
 installs it into `~/.cache/testbed/builds/spice-884631-<key>/`:
 
-- `lib/libspice-server.so.1*`, the patched library;
+- `lib/libspice-server.so.1*`, the patched library, with its headers (`include/`) and
+  a relocatable `lib/pkgconfig/spice-server.pc`, which the patched QEMU builds against
+  (`testbed.virt.qemu_build`, which shares this module's steps);
 - `emulator`, a wrapper that puts `lib/` first on LD_LIBRARY_PATH and execs Debian's
   QEMU (which loads SPICE through a module that links libspice-server.so.1 without an
   RPATH, so the wrapper's library is the one it maps); it also sets the server's
@@ -33,9 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from testbed.errors import CapabilityMissing, InputError, LabError
 from testbed.shipped import PATCHES
@@ -46,7 +50,7 @@ from testbed.virt.image import Progress, _locked, _remove_leftovers, _replace_di
 log = logging.getLogger(__name__)
 
 #: Bump when the way the build is assembled changes (wrapper, layout), to rebuild.
-FORMAT = 1
+FORMAT = 2
 NAME = "spice-884631"
 SOURCE_PACKAGE = "spice"
 #: how long the patched source waits for the client to reach the target (patch 0002):
@@ -62,6 +66,8 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 MESON_OPTIONS = (
+    "--prefix=/",  # installed with --destdir into the build; the .pc is made relocatable
+    "--libdir=lib",
     "-Dtests=false",
     "-Dmanual=false",
     "-Dgstreamer=no",
@@ -70,6 +76,8 @@ MESON_OPTIONS = (
     "-Dopus=disabled",
 )
 HINT = "run `make setup` (installs the build tools of tools/apt-packages.txt)"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,9 @@ def builds_dir() -> Path:
     return default_cache_dir() / "builds"
 
 
-def patches() -> list[Path]:
-    return sorted((PATCHES / "spice-server").glob("*.patch"))
+def patches(component: str = "spice-server") -> list[Path]:
+    """The patches of testbed/shipped/patches/<component>, in the order they apply."""
+    return sorted((PATCHES / component).glob("*.patch"))
 
 
 # ---- the source -------------------------------------------------------------------
@@ -110,16 +119,16 @@ def _apt(
         raise CapabilityMissing(f"{argv[0]} not found (not a Debian machine?)", hint=HINT) from exc
 
 
-def _source_lines() -> list[str] | None:
+def _source_lines(package: str = SOURCE_PACKAGE) -> list[str] | None:
     """apt's `--print-uris` lines of the source package, or None when apt has no deb-src."""
-    res = _apt(["apt-get", "source", "--print-uris", "-q", SOURCE_PACKAGE], timeout=120)
+    res = _apt(["apt-get", "source", "--print-uris", "-q", package], timeout=120)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("'")]
     return lines if res.returncode == 0 and lines else None
 
 
-def ensure_deb_src(say: Progress = print) -> None:
+def ensure_deb_src(say: Progress = print, package: str = SOURCE_PACKAGE) -> None:
     """Make apt know Debian's source packages: write the deb822 entry if it is missing."""
-    if _source_lines() is not None:
+    if _source_lines(package) is not None:
         return
     if not DEB_SRC_FILE.exists():
         if os.geteuid() != 0:
@@ -131,33 +140,35 @@ def ensure_deb_src(say: Progress = print) -> None:
         DEB_SRC_FILE.write_text(DEB_SRC)
     say(f"{NAME}: apt-get update")
     res = _apt(["apt-get", "update", "-q"])
-    if res.returncode != 0 or _source_lines() is None:
+    if res.returncode != 0 or _source_lines(package) is None:
         detail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
         raise LabError(
-            f"apt cannot find the source package {SOURCE_PACKAGE!r} after adding "
-            f"{DEB_SRC_FILE}: {detail}",
+            f"apt cannot find the source package {package!r} after adding {DEB_SRC_FILE}: {detail}",
             hint="check that deb.debian.org is reachable",
         )
 
 
-def _dsc() -> tuple[str, str]:
+def source_dsc(package: str = SOURCE_PACKAGE, name: str = NAME) -> tuple[str, str]:
     """The .dsc's file name and SHA256, as apt lists them; raises when apt has no deb-src."""
-    lines = _source_lines()
+    lines = _source_lines(package)
     if lines is None:
         raise InputError(
-            f"apt knows no source package {SOURCE_PACKAGE!r}, so the {NAME} build cannot be found",
+            f"apt knows no source package {package!r}, so the {name} build cannot be found",
             hint="run make setup (it adds Debian's deb-src entry and builds it)",
         )
     for line in lines:
         fields = line.split()
         if len(fields) >= 4 and fields[1].endswith(".dsc"):
             return fields[1], fields[3]
-    raise LabError(f"apt-get source --print-uris {SOURCE_PACKAGE} lists no .dsc: {lines}")
+    raise LabError(f"apt-get source --print-uris {package} lists no .dsc: {lines}")
 
 
-def build_key(dsc: tuple[str, str], patch_files: list[Path]) -> str:
-    """12 hex digits over the format, the source's .dsc and every patch's name and text."""
-    h = hashlib.sha256(f"{FORMAT}\n{dsc[0]} {dsc[1]}\n".encode())
+def build_key(
+    dsc: tuple[str, str], patch_files: list[Path], *, fmt: int = FORMAT, extra: str = ""
+) -> str:
+    """12 hex digits over the format, the source's .dsc, every patch's (or input file's)
+    name and text, and `extra` (another build's key that this one builds on)."""
+    h = hashlib.sha256(f"{fmt}\n{dsc[0]} {dsc[1]}\n{extra}\n".encode())
     for p in patch_files:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:12]
@@ -183,7 +194,7 @@ def _load(path: Path) -> SpiceBuild | None:
 
 @lru_cache(maxsize=1)
 def _current_key() -> str:
-    return build_key(_dsc(), patches())
+    return build_key(source_dsc(), patches())
 
 
 def spice_server_build() -> SpiceBuild:
@@ -201,7 +212,14 @@ def spice_server_build() -> SpiceBuild:
 # ---- building ------------------------------------------------------------------------
 
 
-def _run(argv: list[str], cwd: Path, what: str, log_to: Path, stdin: Path | None = None) -> None:
+def run_tool(
+    argv: list[str],
+    cwd: Path,
+    what: str,
+    log_to: Path,
+    stdin: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
     """Run a build tool, its output to `log_to`; a failure quotes the end of that log."""
     try:
         with open(log_to, "a") as out:
@@ -209,7 +227,13 @@ def _run(argv: list[str], cwd: Path, what: str, log_to: Path, stdin: Path | None
             out.flush()
             with open(stdin) if stdin else open(os.devnull) as inp:
                 rc = subprocess.run(
-                    argv, cwd=cwd, stdin=inp, stdout=out, stderr=subprocess.STDOUT, check=False
+                    argv,
+                    cwd=cwd,
+                    stdin=inp,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    check=False,
                 ).returncode
     except FileNotFoundError as exc:
         raise CapabilityMissing(f"{what}: {argv[0]} not found", hint=HINT) from exc
@@ -218,50 +242,82 @@ def _run(argv: list[str], cwd: Path, what: str, log_to: Path, stdin: Path | None
         raise LabError(f"{what} failed (exit {rc}, log {log_to}): {tail}", hint=HINT)
 
 
-def _wrapper(lib: Path) -> str:
+def wrapper_script(name: str, lib: Path, qemu: str, env: dict[str, str], argv: str = "") -> str:
+    """An emulator wrapper: `lib` first on LD_LIBRARY_PATH, the spice-server's migration
+    timeout and debug log, `env`'s defaults (the caller's environment wins), exec `qemu`
+    with `argv` before libvirt's arguments."""
+    defaults = {
+        "SPICE_MIGRATE_TIMEOUT_MS": str(MIGRATE_TIMEOUT_MS),
+        # the server's own log (spice_debug), into the domain's QEMU log
+        "G_MESSAGES_DEBUG": "Spice",
+        **env,
+    }
+    lines = "".join(f"{k}=${{{k}:-{v}}}\n" for k, v in defaults.items())
     return f"""#!/bin/sh
-# QEMU with testbed's patched spice-server ({NAME}); written by `make setup`.
+# QEMU with testbed's patched spice-server ({name}); written by its build.
 LD_LIBRARY_PATH={lib}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}
-SPICE_MIGRATE_TIMEOUT_MS=${{SPICE_MIGRATE_TIMEOUT_MS:-{MIGRATE_TIMEOUT_MS}}}
-# the server's own log (spice_debug), into the domain's QEMU log
-G_MESSAGES_DEBUG=${{G_MESSAGES_DEBUG:-Spice}}
-export LD_LIBRARY_PATH SPICE_MIGRATE_TIMEOUT_MS G_MESSAGES_DEBUG
-exec {DEFAULT_EMULATOR} "$@"
+{lines}export LD_LIBRARY_PATH {" ".join(defaults)}
+exec {qemu} {argv + " " if argv else ""}"$@"
 """
+
+
+def write_emulator(out: Path, script: str) -> None:
+    (out / "emulator").write_text(script)
+    (out / "emulator").chmod(0o755)
+
+
+def fetch_source(package: str, name: str, work: Path, build_log: Path, say: Progress) -> Path:
+    """`apt-get source package` into `work` (Debian's patches applied); the tree's path."""
+    say(f"{name}: apt-get source {package}")
+    run_tool(["apt-get", "source", "-q", package], work, "apt-get source", build_log)
+    srcs = [d for d in work.iterdir() if d.is_dir() and d.name.startswith(f"{package}-")]
+    if len(srcs) != 1:
+        raise LabError(f"apt-get source {package} unpacked {srcs} into {work}")
+    return srcs[0]
+
+
+def apply_patches(
+    src: Path, patch_files: list[Path], name: str, build_log: Path, say: Progress
+) -> None:
+    """Check, then apply, each patch on the tree the ones before it made."""
+    for p in patch_files:
+        say(f"{name}: patch {p.name}")
+        argv = ["patch", "-p1", "--forward", "--batch"]
+        run_tool(
+            [*argv, "--dry-run"], src, f"checking {p.name} applies to {src.name}", build_log, p
+        )
+        run_tool(argv, src, f"applying {p.name}", build_log, p)
+
+
+def _relocatable_pc(pc: Path) -> None:
+    """The .pc's prefix relative to the file itself, so the build may be renamed."""
+    text = pc.read_text().replace("prefix=/\n", "prefix=${pcfiledir}/../..\n", 1)
+    if "${pcfiledir}" not in text:
+        raise LabError(f"{pc} has no prefix=/ line to make relocatable")
+    pc.write_text(text)
 
 
 def _build_into(out: Path, final: Path, key: str, work: Path, say: Progress) -> None:
     start = time.monotonic()
     build_log = out / "build.log"
-    say(f"{NAME}: apt-get source {SOURCE_PACKAGE}")
-    _run(["apt-get", "source", "-q", SOURCE_PACKAGE], work, "apt-get source", build_log)
-    srcs = [d for d in work.iterdir() if d.is_dir() and d.name.startswith(f"{SOURCE_PACKAGE}-")]
-    if len(srcs) != 1:
-        raise LabError(f"apt-get source {SOURCE_PACKAGE} unpacked {srcs} into {work}")
-    src = srcs[0]
+    src = fetch_source(SOURCE_PACKAGE, NAME, work, build_log, say)
     version = src.name.removeprefix(f"{SOURCE_PACKAGE}-")
-    for p in patches():  # each is checked on the tree the ones before it made
-        say(f"{NAME}: patch {p.name}")
-        argv = ["patch", "-p1", "--forward", "--batch"]
-        _run([*argv, "--dry-run"], src, f"checking {p.name} applies to {src.name}", build_log, p)
-        _run(argv, src, f"applying {p.name}", build_log, p)
+    apply_patches(src, patches(), NAME, build_log, say)
     say(f"{NAME}: meson setup + ninja (spice-server {version})")
-    _run(["meson", "setup", "build", *MESON_OPTIONS], src, "meson setup", build_log)
+    run_tool(["meson", "setup", "build", *MESON_OPTIONS], src, "meson setup", build_log)
     jobs = str(os.cpu_count() or 2)
-    _run(["ninja", "-C", "build", "-j", jobs], src, "ninja", build_log)
-    built = src / "build" / "server"
-    real = sorted(
-        p for p in built.glob("libspice-server.so.1.*") if p.is_file() and not p.is_symlink()
-    )
-    if not real:
-        raise LabError(f"ninja built no libspice-server.so.1.* in {built}")
+    run_tool(["ninja", "-C", "build", "-j", jobs], src, "ninja", build_log)
+    install = ["meson", "install", "-C", "build", "--no-rebuild", "--destdir", str(out)]
+    run_tool(install, src, "meson install", build_log)
     lib = out / "lib"
-    lib.mkdir()
-    shutil.copy2(real[-1], lib / real[-1].name)
-    (lib / "libspice-server.so.1").symlink_to(real[-1].name)
+    real = sorted(
+        p for p in lib.glob("libspice-server.so.1.*") if p.is_file() and not p.is_symlink()
+    )
+    if not real or not (lib / "libspice-server.so.1").is_symlink():
+        raise LabError(f"meson install put no libspice-server.so.1.* into {lib}")
+    _relocatable_pc(lib / "pkgconfig" / "spice-server.pc")
     final_lib = final / "lib" / real[-1].name
-    (out / "emulator").write_text(_wrapper(final / "lib"))
-    (out / "emulator").chmod(0o755)
+    write_emulator(out, wrapper_script(NAME, final / "lib", DEFAULT_EMULATOR, {}))
     info = {
         "name": NAME,
         "key": key,
@@ -278,54 +334,94 @@ def _build_into(out: Path, final: Path, key: str, work: Path, say: Progress) -> 
     (out / "build.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
-def build_spice_server(*, force: bool = False, say: Progress = print) -> tuple[SpiceBuild, bool]:
-    """Find or build the patched spice-server; True when it was built now."""
-    ensure_deb_src(say)
-    _current_key.cache_clear()
-    key = _current_key()
+def cached_build(
+    name: str,
+    key: str,
+    build_into: Callable[[Path, Path, str, Path, Progress], None],
+    load: Callable[[Path], T | None],
+    *,
+    force: bool = False,
+    say: Progress = print,
+) -> tuple[T, bool]:
+    """Find `name-key` in the builds folder, or make it: under the build's lock, in a
+    scratch folder renamed into place (`build_into(out, final, key, work, say)`), the
+    log of a failure kept as `name-failed.log`. True when it was built now."""
     root = builds_dir()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{NAME}-{key}"
-    with _locked(root / f".{NAME}.lock"):
-        found = None if force else _load(final)
+    final = root / f"{name}-{key}"
+    with _locked(root / f".{name}.lock"):
+        found = None if force else load(final)
         if found is not None:
             return found, False
-        _remove_leftovers(root)
-        out = root / f".build-{NAME}-{key}-{os.getpid()}"
+        _remove_leftovers(root, name)
+        out = root / f".build-{name}-{key}-{os.getpid()}"
         out.mkdir()
         try:
-            with tempfile.TemporaryDirectory(prefix=f"{NAME}-", dir=root) as work:
-                _build_into(out, final, key, Path(work), say)
+            with tempfile.TemporaryDirectory(prefix=f".build-{name}-work-", dir=root) as work:
+                build_into(out, final, key, Path(work), say)
             _replace_dir(out, final)
-            (root / f"{NAME}-failed.log").unlink(missing_ok=True)
+            (root / f"{name}-failed.log").unlink(missing_ok=True)
         except BaseException:
-            keep = root / f"{NAME}-failed.log"
+            keep = root / f"{name}-failed.log"
             if (out / "build.log").exists():
                 shutil.copy2(out / "build.log", keep)
             shutil.rmtree(out, ignore_errors=True)
             raise
-    built = _load(final)
+    built = load(final)
     assert built is not None
     return built, True
 
 
-def main() -> int:
-    """`python -m testbed.virt.builds [--force]`: build (or find) the patched spice-server."""
+def build_spice_server(*, force: bool = False, say: Progress = print) -> tuple[SpiceBuild, bool]:
+    """Find or build the patched spice-server; True when it was built now."""
+    ensure_deb_src(say)
+    _current_key.cache_clear()
+    return cached_build(NAME, _current_key(), _build_into, _load, force=force, say=say)
+
+
+class Built(Protocol):
+    """What a build module's entry point says of a build."""
+
+    @property
+    def dir(self) -> Path: ...
+
+    @property
+    def built_s(self) -> float: ...
+
+
+B = TypeVar("B", bound=Built)
+
+
+def build_main(
+    name: str, build: Callable[[bool], tuple[B, bool]], describe: Callable[[B], tuple[str, str]]
+) -> int:
+    """A build module's `python -m` entry (`--force` rebuilds): build or find it, and say
+    how long it took; `describe` gives what was built and a line on what it holds."""
     from testbed.errors import TestbedError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.monotonic()
     try:
-        b, built = build_spice_server(force="--force" in sys.argv[1:])
+        b, built = build("--force" in sys.argv[1:])
     except TestbedError as e:
-        print(f"{NAME}: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         return 1
+    what, holds = describe(b)
     if built:
-        print(f"{NAME}: built spice-server {b.version} in {b.built_s:.0f} s: {b.dir}")
+        print(f"{name}: built {what} in {b.built_s:.0f} s: {b.dir}")
     else:
-        print(f"{NAME}: already built ({time.monotonic() - t0:.1f} s): {b.dir}")
-    print(f"{NAME}: {b.library} build id {b.build_id}")
+        print(f"{name}: already built ({time.monotonic() - t0:.1f} s): {b.dir}")
+    print(f"{name}: {holds}")
     return 0
+
+
+def main() -> int:
+    """`python -m testbed.virt.builds [--force]`: build (or find) the patched spice-server."""
+    return build_main(
+        NAME,
+        lambda force: build_spice_server(force=force),
+        lambda b: (f"spice-server {b.version}", f"{b.library} build id {b.build_id}"),
+    )
 
 
 if __name__ == "__main__":

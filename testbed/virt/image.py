@@ -164,9 +164,9 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _remove_leftovers(root: Path) -> None:
-    """Remove scratch directories of builds that crashed (called with the lock held)."""
-    for stale in [*root.glob(".build-*"), *root.glob(".old-*")]:
+def _remove_leftovers(root: Path, name: str = "") -> None:
+    """Remove scratch directories of builds (of `name`) that crashed (lock held)."""
+    for stale in [*root.glob(f".build-{name}*"), *root.glob(f".old-{name}*")]:
         log.debug("removing leftover %s", stale)
         shutil.rmtree(stale, ignore_errors=True)
 

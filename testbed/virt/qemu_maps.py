@@ -1,4 +1,4 @@
-"""Which shared library a running QEMU actually mapped, read on the host where it runs.
+"""Which shared library (and QEMU binary) a running QEMU mapped, read where it runs.
 
 Debian's QEMU loads SPICE through a module (`ui-spice-core.so`), so `ldd` of the binary
 says nothing; /proc/PID/maps of the running process does. The pid comes from libvirt's
@@ -14,6 +14,7 @@ from testbed.hosts.base import Host
 from testbed.virt.elfnote import gnu_build_id
 
 SPICE_SERVER = "libspice-server.so"
+QEMU = "qemu-system-"  # the binary itself: Debian's, or a patched build behind a wrapper
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class MappedLib:
     pid: int
     path: str | None
     build_id: str | None
+    qemu: str | None = None  # the QEMU binary that mapped it
 
 
 def mapped_path(maps: str, soname: str) -> str | None:
@@ -42,8 +44,9 @@ def mapped_library(host: Host, domain: str, soname: str = SPICE_SERVER) -> Mappe
     pid = qemu_pid(host, domain)
     if pid is None:
         return None
-    path = mapped_path(host.read_text(PurePath(f"/proc/{pid}/maps")), soname)
+    maps = host.read_text(PurePath(f"/proc/{pid}/maps"))
+    path, qemu = mapped_path(maps, soname), mapped_path(maps, QEMU)
     if path is None:
-        return MappedLib(pid, None, None)
+        return MappedLib(pid, None, None, qemu)
     data = b"" if path.endswith(" (deleted)") else host.read_bytes(PurePath(path))
-    return MappedLib(pid, path, gnu_build_id(data))
+    return MappedLib(pid, path, gnu_build_id(data), qemu)

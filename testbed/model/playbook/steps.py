@@ -256,7 +256,7 @@ class StartGuestStep(Step):
     spice_server: SpiceServer | None = Field(
         None,
         description="the spice-server of every hypervisor this guest runs on in this "
-        "scenario (stock or patched), instead of each host's topology field",
+        "scenario (stock, patched or patched-qemu), instead of each host's topology field",
     )
     fill_mib: Annotated[int | None, BeforeValidator(_fill_mib)] = _choices(
         "fill", "fill_mib", default=None, ge=0
