@@ -145,14 +145,20 @@ class Libvirtd:
         proc.record(ledger, name=f"libvirtd@{h.name}")
         self._wait_ready(proc, timeout_s)
         if emulator:
-            self._know_capabilities(emulator, seeded)
+            self.know_capabilities(emulator, seeded)
         return proc.pid
 
-    def _know_capabilities(self, emulator: str, seeded: int) -> None:
+    def know_capabilities(self, emulator: str, seeded: int | None = None) -> None:
         """Load (or probe, when the shared copy is missing or stale) the emulator's
         capabilities now, at lab up, not at the first guest start or while a migration
-        waits for the destination; then share a fresh probe with the host's next labs."""
+        waits for the destination; then share a fresh probe with the host's next labs.
+
+        For another emulator than the host's (a scenario's patched build) the guest start
+        calls it on every hypervisor at once: the running daemon loads a cache file
+        lazily, on its first use of that binary, so files shared since it started count."""
         t0 = time.monotonic()
+        if seeded is None:
+            seeded = capscache.seed(self.host, self.dir / "cache")
         try:
             conn = self.connect()
             try:
